@@ -1,0 +1,133 @@
+"""Frozen torchvision ResNet backbones that return every residual block's output before its last ReLU.
+
+HSNet, ASNet and VAT correlate the *pre-activation* output of each residual block (bottleneck for
+ResNet-50/101, basic block for ResNet-18/34). :class:`Backbone` keeps torchvision's module names
+(``conv1``, ``bn1``, ``layer1`` .. ``layer4``) so that reference checkpoints load key for key, and it
+stays in eval mode and frozen whatever ``.train()`` is called on its parents.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+#: blocks per stage (layer1..layer4) of each supported architecture
+BLOCKS: dict[str, tuple[int, int, int, int]] = {
+    "resnet18": (2, 2, 2, 2),
+    "resnet34": (3, 4, 6, 3),
+    "resnet50": (3, 4, 6, 3),
+    "resnet101": (3, 4, 23, 3),
+}
+
+
+class BackboneWeightsError(RuntimeError):
+    """Weights were asked for but could not be loaded (no network, bad file)."""
+
+
+def _torchvision_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a torchvision ``state_dict`` from ``path``; floating tensors are cast to float32."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BackboneWeightsError(
+            f"backbone weights file not found: {path}. Pass an existing torchvision state_dict "
+            "(.pth) with --model.weights PATH, 'imagenet' for torchvision's weights, or null for random."
+        )
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+class Backbone(nn.Module):
+    """A frozen ResNet returning the pre-ReLU output of every block from ``first_layer`` on.
+
+    Args:
+        name: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
+        weights: ``"imagenet"`` (torchvision's ImageNet-1k V1 weights, as the reference code used),
+            a path to a torchvision ``state_dict`` file, or ``None`` for random weights.
+        first_layer: first stage whose blocks are returned (2 = conv3_x for HSNet/ASNet, 1 = conv2_x
+            for VAT).
+
+    Attributes:
+        feat_layers: stage index (1..4) of each returned feature, e.g. ``[2]*4 + [3]*6 + [4]*3``.
+        feat_channels: channel count of each returned feature.
+    """
+
+    def __init__(self, name: str = "resnet50", weights: str | None = "imagenet", first_layer: int = 2):
+        super().__init__()
+        if name not in BLOCKS:
+            raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BLOCKS)}")
+        if first_layer not in (1, 2, 3, 4):
+            raise ValueError(f"first_layer must be 1..4, got {first_layer}")
+        self.name = name
+        self.first_layer = first_layer
+        net = getattr(torchvision.models, name)(weights=None)
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.feat_layers: list[int] = [
+            lid for lid in range(first_layer, 5) for _ in range(BLOCKS[name][lid - 1])
+        ]
+        widths = {1: 64, 2: 128, 3: 256, 4: 512}
+        expansion = 4 if name in ("resnet50", "resnet101") else 1
+        self.feat_channels: list[int] = [widths[lid] * expansion for lid in self.feat_layers]
+        self.load_weights(weights)
+        self.requires_grad_(False)
+        self.eval()
+
+    def load_weights(self, weights: str | None) -> None:
+        """Load ``"imagenet"``, a torchvision state_dict file, or keep random init (``None``)."""
+        if weights is None or weights == "none":
+            return
+        if weights == "imagenet":
+            enum = torchvision.models.get_model_weights(self.name).IMAGENET1K_V1
+            try:
+                sd = enum.get_state_dict(progress=False, check_hash=False)
+            except Exception as err:  # no network, proxy, corrupt cache ...
+                raise BackboneWeightsError(
+                    f"could not obtain torchvision's ImageNet weights for {self.name} ({err}). "
+                    f"Download {enum.url} on a machine with internet and pass the file with "
+                    f"--model.weights /path/to/{Path(enum.url).name} (or put it in torch's hub cache "
+                    f"{torch.hub.get_dir()}/checkpoints/), or use --model.weights null for random weights."
+                ) from err
+        else:
+            sd = _torchvision_state_dict(weights)
+        self.load_torchvision_state_dict(sd)
+
+    def load_torchvision_state_dict(self, sd: dict[str, Tensor]) -> None:
+        """Load a torchvision ResNet ``state_dict`` (the ``fc.*`` classifier keys are ignored)."""
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items() if not k.startswith("fc.")}
+        missing, unexpected = self.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise BackboneWeightsError(
+                f"the weights do not fit a torchvision {self.name}: missing {missing[:4]}, "
+                f"unexpected {unexpected[:4]}"
+            )
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Stay in eval mode: BatchNorm statistics of the frozen backbone never move."""
+        return super().train(False)
+
+    @staticmethod
+    def _block_pre_relu(block: nn.Module, x: Tensor) -> Tensor:
+        """A torchvision BasicBlock/Bottleneck forward without its final ReLU."""
+        out = block.relu(block.bn1(block.conv1(x)))
+        out = block.bn2(block.conv2(out))
+        if hasattr(block, "conv3"):
+            out = block.bn3(block.conv3(block.relu(out)))
+        identity = block.downsample(x) if block.downsample is not None else x
+        return out + identity
+
+    def forward(self, img: Tensor) -> list[Tensor]:
+        """Images [N, 3, H, W] (ImageNet-normalised) -> list of block features [N, C_i, h_i, w_i]."""
+        feat = self.maxpool(self.relu(self.bn1(self.conv1(img))))
+        feats: list[Tensor] = []
+        for lid in range(1, 5):
+            for block in getattr(self, f"layer{lid}"):
+                pre = self._block_pre_relu(block, feat)
+                if lid >= self.first_layer:
+                    feats.append(pre)
+                feat = torch.relu(pre)  # not block.relu: it is in-place and would alter `pre`
+        return feats

@@ -1,0 +1,77 @@
+"""The frozen backbone: pre-ReLU block features, eval mode, weights handling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from fss.models.backbone import Backbone, BackboneWeightsError
+
+
+@pytest.mark.parametrize(
+    ("name", "n_feats", "channels"),
+    [
+        ("resnet18", 6, [128] * 2 + [256] * 2 + [512] * 2),
+        ("resnet50", 13, [512] * 4 + [1024] * 6 + [2048] * 3),
+    ],
+)
+def test_features_are_pre_relu_block_outputs(name, n_feats, channels):
+    torch.manual_seed(0)
+    bb = Backbone(name, weights=None)
+    ref = getattr(torchvision.models, name)(weights=None).eval()
+    ref.load_state_dict(bb.state_dict(), strict=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        feats = bb(x)
+        assert len(feats) == n_feats and [f.shape[1] for f in feats] == channels
+        assert any((f < 0).any() for f in feats)  # taken before the ReLU
+        # the last block's ReLU'd output equals torchvision's layer4 output
+        full = ref.layer4(ref.layer3(ref.layer2(ref.layer1(ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))))))
+        torch.testing.assert_close(torch.relu(feats[-1]), full)
+
+
+def test_first_layer_1_adds_conv2_x():
+    assert (
+        Backbone("resnet50", weights=None, first_layer=1).feat_layers == [1] * 3 + [2] * 4 + [3] * 6 + [4] * 3
+    )
+
+
+def test_stays_in_eval_mode_and_frozen():
+    bb = Backbone("resnet18", weights=None)
+    torch.nn.Sequential(bb).train()
+    assert not bb.training and not any(m.training for m in bb.modules())
+    assert not any(p.requires_grad for p in bb.parameters())
+
+
+def test_local_weights_file_fp16(tmp_path):
+    src = torchvision.models.resnet18(weights=None)
+    torch.save(
+        {k: v.half() if v.is_floating_point() else v for k, v in src.state_dict().items()},
+        tmp_path / "r18.pth",
+    )
+    bb = Backbone("resnet18", weights=str(tmp_path / "r18.pth"))
+    torch.testing.assert_close(bb.conv1.weight, src.conv1.weight.half().float())
+
+
+def test_missing_weights_file_says_how_to_fix(tmp_path):
+    with pytest.raises(BackboneWeightsError, match="--model.weights"):
+        Backbone("resnet18", weights=str(tmp_path / "nope.pth"))
+
+
+def test_imagenet_weights_unavailable_offline(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", no_network)
+    with pytest.raises(BackboneWeightsError, match="--model.weights /path/to/resnet18"):
+        Backbone("resnet18", weights="imagenet")
+
+
+def test_wrong_architecture_weights():
+    with pytest.raises(BackboneWeightsError, match="do not fit"):
+        Backbone("resnet18", weights=None).load_torchvision_state_dict(
+            torchvision.models.resnet34().state_dict()
+        )
