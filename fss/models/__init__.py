@@ -3,15 +3,17 @@
 A new model is one subclass of :class:`FewShotSegmenter` plus one line in ``MODELS``.
 """
 
+from fss.models.asnet import ASNet
 from fss.models.backbone import Backbone
 from fss.models.base import FewShotSegmenter
 from fss.models.hsnet import HSNet
 
 MODELS: dict[str, type[FewShotSegmenter]] = {
     "hsnet": HSNet,
+    "asnet": ASNet,
 }
 
-__all__ = ["MODELS", "Backbone", "FewShotSegmenter", "HSNet", "build_model"]
+__all__ = ["MODELS", "ASNet", "Backbone", "FewShotSegmenter", "HSNet", "build_model"]
 
 
 def build_model(name: str, **kwargs) -> FewShotSegmenter:

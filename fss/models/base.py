@@ -78,6 +78,8 @@ class FewShotSegmenter(nn.Module):
     learner_name: ClassVar[str] = "learner"
     #: first ResNet stage whose blocks the model correlates (conv3_x = 2)
     first_layer: ClassVar[int] = 2
+    #: per-model meaning of a masking name, e.g. ASNet's "fm" is its reference's attention-only masking
+    masking_overrides: ClassVar[dict[str, type[SupportMasking]]] = {}
 
     def __init__(
         self,
@@ -88,6 +90,8 @@ class FewShotSegmenter(nn.Module):
         super().__init__()
         self.backbone = Backbone(backbone, weights=weights, first_layer=self.first_layer)
         self.masking = build_masking(masking)
+        if self.masking.name in self.masking_overrides and not isinstance(masking, SupportMasking):
+            self.masking = self.masking_overrides[self.masking.name]()
 
     # -- the hooks a model implements -------------------------------------------------------
     def prepare_support_feats(self, feats: list[Tensor]) -> list[Tensor]:
@@ -108,7 +112,7 @@ class FewShotSegmenter(nn.Module):
     @property
     def learner(self) -> nn.Module:
         """The trainable part (everything but the frozen backbone)."""
-        return getattr(self, self.learner_name)
+        return self._modules[self.learner_name]
 
     def extract_features(
         self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor

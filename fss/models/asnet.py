@@ -1,0 +1,206 @@
+"""ASNet: Attentive Squeeze Network (Kang & Cho, CVPR 2022, few-shot segmentation variant).
+
+Multi-layer cosine correlations of the query and support features are grouped by ResNet stage
+into three hypercorrelations [N, n_l, ha, wa, hb, wb]. Stacks of attentive squeeze layers
+(``fss.models.aslayer``) shrink their support dimensions with attention whose keys are limited
+to the support mask; the stages are mixed from the deepest down, and a 2D decoder turns the
+result into 2-class logits at twice the conv3_x resolution.
+
+Module and parameter names follow the reference implementation so that its checkpoints load with
+:meth:`~fss.models.base.FewShotSegmenter.load_reference_state_dict` (learner prefix ``learner.``).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fss.masking import SupportMasking
+from fss.models.aslayer import AttentiveSqueezeLayer
+from fss.models.base import FewShotSegmenter
+from fss.models.correlation import multilayer_correlation
+
+#: support features at least this wide are average-pooled (3x3, stride 2) before correlation
+POOL_THR = 50
+#: support size (hb, wb) that the mixing blocks of the learner expect
+MIX_SUPPORT_SIZE = (2, 2)
+
+
+def pool_large_feats(feats: list[Tensor], pool_thr: int = POOL_THR) -> list[Tensor]:
+    """The reference's support pooling: maps [N, C, h, w] with ``w >= pool_thr`` are average-pooled.
+
+    The pooling (3x3, stride 2, padding 1, padding counted in the average) halves h and w
+    (rounding up); narrower maps are returned unchanged. At a 400 px support image this pools the
+    conv3_x features (50 x 50 -> 25 x 25) only.
+    """
+    return [
+        F.avg_pool2d(f, kernel_size=3, stride=2, padding=1) if f.shape[-1] >= pool_thr else f for f in feats
+    ]
+
+
+def resize_query_dims(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinearly resize (``align_corners=True``) the query dims of [N, C, ha, wa, hb, wb] to ``size``."""
+    bsz, ch, ha, wa, hb, wb = x.shape
+    x = x.permute(0, 4, 5, 1, 2, 3).reshape(bsz * hb * wb, ch, ha, wa)
+    x = F.interpolate(x, size, mode="bilinear", align_corners=True)
+    return x.view(bsz, hb, wb, ch, *size).permute(0, 3, 4, 5, 1, 2)
+
+
+def fit_support_dims(x: Tensor, size: tuple[int, int] = MIX_SUPPORT_SIZE) -> Tensor:
+    """Adaptive-average-pool the support dims of [N, C, ha, wa, hb, wb] to ``size``.
+
+    The identity (the tensor itself) when they already have that size, which is always the case
+    for support images of the reference's sizes (about 393 to 512 px); elsewhere it lets the
+    learner run instead of failing (see :class:`ASNet`).
+    """
+    bsz, ch, ha, wa, hb, wb = x.shape
+    if (hb, wb) == tuple(size):
+        return x
+    x = F.adaptive_avg_pool2d(x.reshape(bsz, ch * ha * wa, hb, wb), size)
+    return x.view(bsz, ch, ha, wa, *size)
+
+
+class SqueezeBlock(nn.ModuleList):
+    """A sequence of attentive squeeze layers that all see the support mask.
+
+    Args:
+        in_channels: channels of the input correlation.
+        out_channels, kernel_sizes, strides: one entry per layer; padding is ``k // 2`` for
+            kernels above 2, else 0 (the reference's rule).
+        pool_kv: keys and values use the strided convolution too.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: list[int],
+        kernel_sizes: list[int],
+        strides: list[int],
+        pool_kv: bool = False,
+    ) -> None:
+        layers = []
+        for i, (out_ch, k, s) in enumerate(zip(out_channels, kernel_sizes, strides, strict=True)):
+            in_ch = out_channels[i - 1] if i else in_channels
+            layers.append(AttentiveSqueezeLayer(in_ch, out_ch, k, s, k // 2 if k > 2 else 0, pool_kv=pool_kv))
+        super().__init__(layers)
+
+    def forward(self, x: Tensor, support_mask: Tensor) -> Tensor:
+        """[N, C_in, ha, wa, hb, wb], mask [N, H, W] -> [N, C_out, ha, wa, hb', wb']."""
+        for layer in self:
+            x = layer(x, support_mask)
+        return x
+
+
+class AttentionLearner(nn.Module):
+    """Squeeze each stage's hypercorrelation, mix stages 4 -> 3 -> 2, decode to logits.
+
+    Args:
+        inch: number of correlation levels of stage 4, 3 and 2 (ResNet-50: 3, 6, 4).
+    """
+
+    def __init__(self, inch: list[int]) -> None:
+        super().__init__()
+        self.encoder_layer4 = SqueezeBlock(inch[0], [32, 128], [5, 3], [4, 2])
+        self.encoder_layer3 = SqueezeBlock(inch[1], [32, 128], [5, 5], [4, 4], pool_kv=True)
+        self.encoder_layer2 = SqueezeBlock(inch[2], [32, 128], [5, 5], [4, 4], pool_kv=True)
+        self.encoder_layer4to3 = SqueezeBlock(128, [128, 128], [1, 2], [1, 1])
+        self.encoder_layer3to2 = SqueezeBlock(128, [128, 128], [1, 2], [1, 1])
+        self.decoder1 = nn.Sequential(
+            nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 64, 3, padding=1), nn.ReLU()
+        )
+        self.decoder2 = nn.Sequential(
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 2, 3, padding=1)
+        )
+
+    def forward(self, hypercorr: list[Tensor], support_mask: Tensor) -> Tensor:
+        """Hypercorrelations of stages 4, 3, 2 [N, n_l, ha_l, wa_l, hb_l, wb_l], mask [N, H, W].
+
+        Returns:
+            logits [N, 2, 2 * ha_2, 2 * wa_2].
+        """
+        sqz4 = self.encoder_layer4(hypercorr[0], support_mask).mean(dim=(-2, -1), keepdim=True)
+        sqz3 = fit_support_dims(self.encoder_layer3(hypercorr[1], support_mask))
+        sqz2 = fit_support_dims(self.encoder_layer2(hypercorr[2], support_mask))
+
+        mix43 = resize_query_dims(sqz4, sqz3.shape[2:4]) + sqz3  # support dims broadcast 1x1 -> 2x2
+        mix43 = self.encoder_layer4to3(mix43, support_mask)  # support dims 2x2 -> 1x1
+        mix432 = resize_query_dims(mix43, sqz2.shape[2:4]) + sqz2
+        mix432 = self.encoder_layer3to2(mix432, support_mask)  # [N, 128, ha, wa, 1, 1]
+
+        decoded = self.decoder1(mix432[..., 0, 0])
+        size = (2 * decoded.shape[-2], 2 * decoded.shape[-1])
+        decoded = F.interpolate(decoded, size, mode="bilinear", align_corners=True)
+        return self.decoder2(decoded)
+
+
+class ASNetFeatureMasking(SupportMasking):
+    """ASNet's ``fm``: the support features stay as they are; the mask acts in the attention.
+
+    The reference ASNet never multiplies its support features by the mask: the mask enters only
+    through the attentive squeeze layers, whose keys outside it are masked out. That is ASNet's
+    own form of masking the support features, and its published numbers (the baseline the HM
+    paper compares with) are those of this model, so ``masking="fm"`` means it for ASNet.
+    """
+
+    name = "fm"
+
+    def __call__(self, feats: list[Tensor] | None, masked: list[Tensor] | None, mask: Tensor) -> list[Tensor]:
+        return list(feats)
+
+
+class ASNet(FewShotSegmenter):
+    """ASNet with pluggable support masking.
+
+    Support features are prepared as in the reference: maps at least ``pool_thr`` (50) wide are
+    average-pooled (3x3, stride 2) before masking and correlation, and the support mask is used
+    again inside every attentive squeeze layer (attention keys outside it get a -1e9 logit),
+    whatever the masking strategy.
+
+    Masking: ``fm`` is the original ASNet, which does *not* multiply the support features by the
+    mask (its mask acts in the attention only; see :class:`ASNetFeatureMasking`). ``hm``,
+    ``hm_add``, ``hm_reverse`` and ``im`` are the HM paper's strategies applied to the pooled
+    support features (as the HM reference does), with the attention masking kept.
+
+    Support size: the reference learner only runs for support images of 393 to 512 px (it is
+    trained at 400 and 473), where the squeezed stage-3 and stage-2 support dims are exactly
+    2 x 2; elsewhere it fails in a convolution or a broadcast. Here they are adaptive-average-
+    pooled to 2 x 2 (:func:`fit_support_dims`), so the model also runs on small images; at the
+    reference's sizes nothing changes. The query size is free. The decoder upsamples to
+    (2 h, 2 w) where the reference writes (2 w, 2 w): the same for the square inputs it uses.
+
+    Args:
+        backbone: ``resnet50`` | ``resnet101`` (published) or ``resnet18`` | ``resnet34`` (small runs).
+        masking: ``fm`` (the original ASNet), ``im``, ``hm`` (ASNet-HM), ``hm_add``, ``hm_reverse``.
+        weights: backbone weights (``"imagenet"``, a torchvision state_dict path, or ``None``).
+        pool_thr: support feature maps at least this wide are pooled (the reference's 50).
+
+    Example:
+        >>> model = ASNet(backbone="resnet18", masking="hm", weights=None)
+        >>> logits = model(query_img, support_imgs, support_masks)  # [B, 2, H, W]
+    """
+
+    learner_name = "learner"
+    masking_overrides = {"fm": ASNetFeatureMasking}
+    first_layer = 2
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        masking: str | SupportMasking = "hm",
+        weights: str | None = "imagenet",
+        pool_thr: int = POOL_THR,
+    ) -> None:
+        super().__init__(backbone=backbone, masking=masking, weights=weights)
+        self.pool_thr = pool_thr
+        self.learner = AttentionLearner([self.backbone.feat_layers.count(stage) for stage in (4, 3, 2)])
+
+    def prepare_support_feats(self, feats: list[Tensor]) -> list[Tensor]:
+        """Average-pool support features [N, C, h, w] with ``w >= pool_thr`` (before masking)."""
+        return pool_large_feats(feats, self.pool_thr)
+
+    def predict_logits(
+        self, query_feats: list[Tensor], support_feats: list[Tensor], support_mask: Tensor
+    ) -> Tensor:
+        """Features of N query/support pairs, masks [N, H, W] -> logits [N, 2, 2 * ha_2, 2 * wa_2]."""
+        corr = multilayer_correlation(query_feats, support_feats, self.backbone.feat_layers)
+        return self.learner(corr, support_mask)
