@@ -7,13 +7,15 @@ from fss.models.asnet import ASNet
 from fss.models.backbone import Backbone
 from fss.models.base import FewShotSegmenter
 from fss.models.hsnet import HSNet
+from fss.models.vat import VAT
 
 MODELS: dict[str, type[FewShotSegmenter]] = {
     "hsnet": HSNet,
     "asnet": ASNet,
+    "vat": VAT,
 }
 
-__all__ = ["MODELS", "ASNet", "Backbone", "FewShotSegmenter", "HSNet", "build_model"]
+__all__ = ["MODELS", "ASNet", "Backbone", "FewShotSegmenter", "HSNet", "VAT", "build_model"]
 
 
 def build_model(name: str, **kwargs) -> FewShotSegmenter:

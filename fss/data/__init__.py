@@ -1,0 +1,32 @@
+"""Episodic few-shot segmentation data: the episode schema, seeding, base classes and datasets.
+
+Public classes are re-exported here so that configs can say ``class_path: fss.data.SyntheticDataModule``.
+To add a dataset, import its module's public classes below and list them in ``__all__``.
+"""
+
+from fss.data.base import EpisodicDataModule, EpisodicDataset
+from fss.data.coco import COCO20iDataModule, COCO20iDataset
+from fss.data.episode import Episode, EpisodeBatch, check_episode, collate_episodes
+from fss.data.fss1000 import FSS1000DataModule, FSS1000Dataset
+from fss.data.pascal import Pascal5iDataset, PascalDataModule
+from fss.data.sampling import EpisodeSampler, episode_rng
+from fss.data.synthetic import SyntheticDataModule, SyntheticFSS
+
+__all__ = [
+    "COCO20iDataModule",
+    "COCO20iDataset",
+    "FSS1000DataModule",
+    "FSS1000Dataset",
+    "Pascal5iDataset",
+    "PascalDataModule",
+    "Episode",
+    "EpisodeBatch",
+    "EpisodeSampler",
+    "EpisodicDataModule",
+    "EpisodicDataset",
+    "SyntheticDataModule",
+    "SyntheticFSS",
+    "check_episode",
+    "collate_episodes",
+    "episode_rng",
+]

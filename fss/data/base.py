@@ -1,0 +1,342 @@
+"""Base classes of every episodic few-shot dataset and data module.
+
+How to add a dataset (PASCAL-5i, COCO-20i, FSS-1000 and the synthetic set all follow this):
+
+1. Subclass :class:`EpisodicDataset`. Set the class attributes ``num_classes``, ``class_names`` and
+   ``num_folds`` (override :meth:`EpisodicDataset.fold_class_ids` when a fold is not a contiguous
+   block of class ids, e.g. COCO-20i's interleaved folds, or :meth:`EpisodicDataset.split_class_ids`
+   when the splits are fixed class lists, e.g. FSS-1000). In ``__init__`` take your own arguments
+   (``root``, ...) plus the base ones, call ``super().__init__(...)`` and build your index (which
+   images hold which class), raising an error that names the missing path and the expected layout.
+2. Implement ``make_episode(rng, index) -> Episode``: draw *every* random choice from ``rng`` (a NumPy
+   generator that is a pure function of seed, split, fold, epoch and index; never use ``random``,
+   ``np.random.*`` or ``torch.rand*`` globals), load the images and label maps, turn the label maps
+   into 0/1/255 target maps (:func:`fss.data.transforms.binarize_label`) and return
+   :func:`fss.data.transforms.build_episode` (pass ``keep_original_mask=self.use_original_imgsize``).
+   ``index`` may select the query deterministically (the reference PASCAL code uses
+   ``index % len(pairs)``); ``self.class_ids`` are the classes of this split.
+   Optionally override ``default_num_episodes()`` (used when ``num_episodes`` is ``None``).
+3. Subclass :class:`EpisodicDataModule`: set ``dataset_class``, write an explicit, typed ``__init__``
+   (your arguments first, e.g. ``root: str``, then the base ones with the defaults you want) that
+   calls ``super().__init__(...)``, and return your extra dataset arguments from
+   :meth:`EpisodicDataModule.dataset_kwargs`. The base class builds the datasets in ``setup`` and the
+   dataloaders with :class:`~fss.data.sampling.EpisodeSampler` and
+   :func:`~fss.data.episode.collate_episodes`.
+4. Re-export the data module in ``fss/data/__init__.py`` so configs can say
+   ``class_path: fss.data.MyDataModule``, and add a test with a tiny fixture in the real on-disk format.
+
+Splits are named ``train``, ``val`` and ``test`` (the Lightning stage names; the reference code's
+``trn`` is not accepted). Val and test both use the held-out fold's classes; they draw different
+episodes (the split is part of the episode seed).
+
+Distributed training: run the Trainer with ``use_distributed_sampler=False`` (the fss CLI makes it the default);
+the episode sampler splits the episodes over the ranks itself, see :mod:`fss.data.sampling`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from fss.data.episode import Episode, collate_episodes
+from fss.data.sampling import SPLIT_CODES, EpisodeSampler, decode_key, episode_rng, split_code
+
+SPLITS: tuple[str, ...] = tuple(SPLIT_CODES)
+
+
+def contiguous_fold_class_ids(num_classes: int, num_folds: int, fold: int) -> list[int]:
+    """PASCAL-5i style folds: fold ``i`` holds classes ``i*n .. i*n + n-1`` with ``n = num_classes // num_folds``."""
+    if not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
+    per_fold = num_classes // num_folds
+    return list(range(fold * per_fold, (fold + 1) * per_fold))
+
+
+class EpisodicDataset(Dataset[Episode], ABC):
+    """A map-style dataset of few-shot episodes, each a pure function of its key.
+
+    Args:
+        split: ``train``, ``val`` or ``test``.
+        fold: the held-out fold (its classes are used for val/test; training uses the others).
+        shot: number of support images K.
+        num_episodes: episodes per epoch; ``None`` asks :meth:`default_num_episodes`.
+        seed: the episode seed (see :func:`fss.data.sampling.episode_rng`).
+        img_size: side S of the square images the model sees.
+        use_original_imgsize: also return ``org_query_mask`` (the query mask at its original size).
+
+    ``dataset[key]`` decodes ``key`` into ``(epoch, index)`` (:func:`fss.data.sampling.decode_key`;
+    keys below ``len(dataset)`` are epoch 0) and returns ``make_episode(rng, index)``. Validation and
+    test episodes ignore the epoch, so they never change.
+    """
+
+    #: total number of classes of the benchmark (size of the metric state)
+    num_classes: ClassVar[int]
+    #: class names, ``class_names[class_id]``
+    class_names: ClassVar[Sequence[str]]
+    #: number of class-disjoint folds
+    num_folds: ClassVar[int] = 4
+
+    def __init__(
+        self,
+        split: str,
+        fold: int = 0,
+        shot: int = 1,
+        num_episodes: int | None = 1000,
+        seed: int = 0,
+        img_size: int = 400,
+        use_original_imgsize: bool = False,
+    ) -> None:
+        split_code(split)  # validates the name
+        name = type(self).__name__
+        if not 0 <= fold < self.num_folds:
+            raise ValueError(f"{name}: fold must be in [0, {self.num_folds}), got {fold}")
+        if shot < 1:
+            raise ValueError(f"{name}: shot must be >= 1, got {shot}")
+        if num_episodes is not None and num_episodes < 1:
+            raise ValueError(
+                f"{name}: num_episodes must be >= 1 (or None for the default), got {num_episodes}"
+            )
+        if seed < 0:
+            raise ValueError(f"{name}: seed must be non-negative, got {seed}")
+        if img_size < 8:
+            raise ValueError(f"{name}: img_size must be at least 8, got {img_size}")
+        self.split = split
+        self.fold = fold
+        self.shot = shot
+        self.seed = seed
+        self.img_size = img_size
+        self.use_original_imgsize = use_original_imgsize
+        self._num_episodes = num_episodes
+        self.class_ids: list[int] = self.split_class_ids(split, fold)
+
+    # ----------------------------------------------------------------------------------- classes
+    @classmethod
+    def fold_class_ids(cls, fold: int) -> list[int]:
+        """The classes of ``fold`` (contiguous blocks by default, as in PASCAL-5i)."""
+        return contiguous_fold_class_ids(cls.num_classes, cls.num_folds, fold)
+
+    @classmethod
+    def split_class_ids(cls, split: str, fold: int) -> list[int]:
+        """The classes episodes of ``split`` draw from: fold ``fold`` for val/test, the others for train."""
+        held_out = cls.fold_class_ids(fold)
+        if split == "train":
+            excluded = set(held_out)
+            return [c for c in range(cls.num_classes) if c not in excluded]
+        return held_out
+
+    # ----------------------------------------------------------------------------------- length
+    def default_num_episodes(self) -> int:
+        """Episodes per epoch when ``num_episodes`` is ``None`` (override, e.g. number of training pairs)."""
+        raise ValueError(
+            f"{type(self).__name__} has no default number of {self.split} episodes: set num_episodes "
+            f"(data.{self.split}_episodes in a config)"
+        )
+
+    @property
+    def num_episodes(self) -> int:
+        """Episodes per epoch."""
+        return self._num_episodes if self._num_episodes is not None else self.default_num_episodes()
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    # ----------------------------------------------------------------------------------- episodes
+    def rng(self, index: int, epoch: int = 0) -> np.random.Generator:
+        """The generator of episode ``index`` (epoch forced to 0 outside training)."""
+        epoch = epoch if self.split == "train" else 0
+        return episode_rng(self.seed, self.split, self.fold, index, epoch)
+
+    def __getitem__(self, key: int) -> Episode:
+        epoch, index = decode_key(key, self.num_episodes)
+        return self.make_episode(self.rng(index, epoch), index)
+
+    def episode(self, index: int, epoch: int = 0) -> Episode:
+        """Episode ``index`` of ``epoch`` (a convenience for notebooks and tests)."""
+        if not 0 <= index < self.num_episodes:
+            raise IndexError(f"episode index {index} out of range [0, {self.num_episodes})")
+        return self.make_episode(self.rng(index, epoch), index)
+
+    @abstractmethod
+    def make_episode(self, rng: np.random.Generator, index: int) -> Episode:
+        """Build episode ``index`` drawing all randomness from ``rng`` (a ``numpy.random.Generator``)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(split={self.split!r}, fold={self.fold}, shot={self.shot}, "
+            f"num_episodes={self._num_episodes}, seed={self.seed}, img_size={self.img_size})"
+        )
+
+
+class EpisodicDataModule(pl.LightningDataModule):
+    """A LightningDataModule of episodic train/val/test data for one fold.
+
+    Args:
+        fold: held-out fold (val/test classes); training uses the other folds' classes.
+        shot: support images per episode (K).
+        img_size: side of the square images the model sees.
+        batch_size: episodes per training batch.
+        eval_batch_size: episodes per validation/test batch; ``None`` means ``batch_size``.
+        num_workers: dataloader worker processes (episodes do not depend on it).
+        train_episodes: training episodes per epoch; ``None`` uses the dataset's default.
+        val_episodes: validation episodes (fixed: the same every epoch and run).
+        test_episodes: test episodes (fixed; drawn independently of the validation ones).
+        seed: episode seed; changing it draws a different set of episodes.
+        use_original_imgsize: val/test episodes also carry ``org_query_mask`` at the original size, to
+            evaluate there (needs ``eval_batch_size=1``).
+
+    After ``__init__``: ``num_classes`` (total classes, for the metric state), ``class_names`` and
+    ``eval_class_ids`` (the held-out classes) are available without building any dataset.
+    """
+
+    #: the dataset class built for each split (set by subclasses)
+    dataset_class: ClassVar[type[EpisodicDataset]]
+
+    def __init__(
+        self,
+        fold: int = 0,
+        shot: int = 1,
+        img_size: int = 400,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        train_episodes: int | None = None,
+        val_episodes: int = 1000,
+        test_episodes: int = 1000,
+        seed: int = 0,
+        use_original_imgsize: bool = False,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        num_folds = self.dataset_class.num_folds
+        if not 0 <= fold < num_folds:
+            raise ValueError(f"{name}: data.fold must be in [0, {num_folds}), got {fold}")
+        for option, value in (("batch_size", batch_size), ("shot", shot), ("val_episodes", val_episodes)):
+            if value < 1:
+                raise ValueError(f"{name}: data.{option} must be >= 1, got {value}")
+        if test_episodes < 1 or (train_episodes is not None and train_episodes < 1):
+            raise ValueError(f"{name}: data.train_episodes and data.test_episodes must be >= 1")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"{name}: data.eval_batch_size must be >= 1 (or null), got {eval_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"{name}: data.num_workers must be >= 0, got {num_workers}")
+        if use_original_imgsize and (eval_batch_size or batch_size) != 1:
+            raise ValueError(
+                f"{name}: data.use_original_imgsize needs data.eval_batch_size=1 (original sizes differ)"
+            )
+        self.fold = fold
+        self.shot = shot
+        self.img_size = img_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size if eval_batch_size is not None else batch_size
+        self.num_workers = num_workers
+        self.train_episodes = train_episodes
+        self.val_episodes = val_episodes
+        self.test_episodes = test_episodes
+        self.seed = seed
+        self.use_original_imgsize = use_original_imgsize
+        self.datasets: dict[str, EpisodicDataset] = {}
+
+    # ----------------------------------------------------------------------------------- classes
+    @property
+    def num_classes(self) -> int:
+        """Total number of classes of the benchmark."""
+        return self.dataset_class.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """``class_names[class_id]``."""
+        return list(self.dataset_class.class_names)
+
+    @property
+    def eval_class_ids(self) -> list[int]:
+        """The classes of the val/test episodes (the held-out fold)."""
+        return self.dataset_class.split_class_ids("val", self.fold)
+
+    @property
+    def train_class_ids(self) -> list[int]:
+        """The classes of the training episodes."""
+        return self.dataset_class.split_class_ids("train", self.fold)
+
+    # ----------------------------------------------------------------------------------- datasets
+    def dataset_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments of ``dataset_class`` (e.g. ``{"root": self.root}``)."""
+        return {}
+
+    def num_episodes(self, split: str) -> int | None:
+        """Episodes per epoch of ``split`` (``None``: the dataset's default)."""
+        return {"train": self.train_episodes, "val": self.val_episodes, "test": self.test_episodes}[split]
+
+    def build_dataset(self, split: str) -> EpisodicDataset:
+        """The dataset of ``split`` (override for datasets that need more than ``dataset_kwargs``)."""
+        return self.dataset_class(
+            split=split,
+            fold=self.fold,
+            shot=self.shot,
+            num_episodes=self.num_episodes(split),
+            seed=self.seed,
+            img_size=self.img_size,
+            use_original_imgsize=self.use_original_imgsize and split != "train",
+            **self.dataset_kwargs(),
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build only the datasets ``stage`` needs (fit: train+val, validate: val, test/predict: test)."""
+        needed = {
+            "fit": ("train", "val"),
+            "validate": ("val",),
+            "test": ("test",),
+            "predict": ("test",),
+            None: SPLITS,
+        }.get(stage)
+        if needed is None:
+            raise ValueError(f"unknown stage {stage!r}")
+        for split in needed:
+            if split not in self.datasets:
+                self.datasets[split] = self.build_dataset(split)
+
+    # ----------------------------------------------------------------------------------- loaders
+    def _check_trainer(self) -> None:
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return
+        connector = getattr(trainer, "_accelerator_connector", None)
+        if getattr(connector, "use_distributed_sampler", False):
+            raise RuntimeError(
+                f"{type(self).__name__} splits episodes over processes itself: run the Trainer with "
+                "use_distributed_sampler=False (trainer.use_distributed_sampler: false in the config)"
+            )
+
+    def dataloader(self, split: str) -> DataLoader:
+        """The dataloader of ``split``: an :class:`EpisodeSampler` (shuffled for train) and episode collation."""
+        if split not in self.datasets:
+            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+        self._check_trainer()
+        dataset = self.datasets[split]
+        train = split == "train"
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            sampler=EpisodeSampler(len(dataset), shuffle=train, seed=self.seed),
+            num_workers=self.num_workers,
+            collate_fn=collate_episodes,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.dataloader("test")

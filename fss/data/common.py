@@ -1,0 +1,348 @@
+"""Shared machinery of the file-based benchmarks (PASCAL-5i, COCO-20i, FSS-1000 / own folders).
+
+* :class:`DatasetLayoutError` / :class:`DatasetFileError`: the errors a wrong root or a broken file
+  raises, each naming the path, the expected layout and the fix.
+* :func:`read_image` / :func:`read_label`: decode one file, naming it when it cannot be read.
+* :func:`cache_dir`: where generated episode lists are cached (``<root>/.fss_cache``, or a user cache
+  directory when the root is read-only).
+* :class:`Augmenter`: optional albumentations augmentation of training images and their target maps,
+  seeded from the episode generator (so augmented episodes stay a pure function of their key).
+* :class:`ImageEpisodeDataset`: an :class:`~fss.data.base.EpisodicDataset` whose classes map to lists
+  of image items; it drops classes with fewer than ``shot + 1`` images (with a warning), draws
+  supports without replacement and never equal to the query, and assembles the episode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from abc import abstractmethod
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fss.data.base import EpisodicDataset
+from fss.data.episode import IGNORE_INDEX, Episode
+from fss.data.transforms import build_episode, resize_label, to_label_tensor
+
+log = logging.getLogger(__name__)
+
+#: image file suffixes the folder datasets accept (lower case)
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The dataset root is missing or does not have the expected layout."""
+
+
+class DatasetFileError(OSError):
+    """One file of the dataset is missing or cannot be decoded."""
+
+
+# --------------------------------------------------------------------------------------------- files
+def require_dir(path: Path, what: str, layout: str) -> Path:
+    """Return ``path`` if it is a directory, else raise :class:`DatasetLayoutError` naming ``layout``."""
+    if not path.is_dir():
+        raise DatasetLayoutError(f"{what} not found: {path} is not a directory. Expected layout:\n{layout}")
+    return path
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file to uint8 RGB [H, W, 3]; raise :class:`DatasetFileError` naming the file."""
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"))
+    except FileNotFoundError:
+        raise DatasetFileError(f"image file missing: {path}") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DatasetFileError(f"cannot read image {path}: {err} (re-extract or delete the file)") from err
+
+
+def read_label(path: Path, grey: bool = False) -> np.ndarray:
+    """Decode a label map PNG to a 2-D uint8 array [H, W] (palette indices or grey values).
+
+    Args:
+        path: the PNG.
+        grey: convert to 8-bit grey first (FSS-1000 masks are sometimes stored as RGB).
+    """
+    try:
+        with Image.open(path) as img:
+            if grey or img.mode not in ("L", "P", "I", "I;16"):
+                img = img.convert("L")
+            label = np.array(img)
+    except FileNotFoundError:
+        raise DatasetFileError(f"mask file missing: {path}") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DatasetFileError(f"cannot read mask {path}: {err} (re-extract or delete the file)") from err
+    if label.ndim != 2:
+        raise DatasetFileError(f"mask {path} is not a single-channel label map (shape {label.shape})")
+    return label
+
+
+def verify_file(path: Path) -> str | None:
+    """``None`` when ``path`` exists and its image header is valid, else the reason (for the check)."""
+    if not path.is_file():
+        return f"missing file {path}"
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (OSError, SyntaxError, ValueError) as err:
+        return f"unreadable file {path}: {err}"
+    return None
+
+
+def cache_dir(root: Path) -> Path:
+    """Directory for generated episode lists: ``<root>/.fss_cache``, or ``$XDG_CACHE_HOME/fss/<hash>``.
+
+    The second (``~/.cache/fss/<hash of the root path>`` by default) is used when the dataset root is
+    read-only.
+    """
+    local = root / ".fss_cache"
+    try:
+        local.mkdir(exist_ok=True)
+        probe = local / f".write_test_{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+        return local
+    except OSError:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fss"
+        user = base / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+        user.mkdir(parents=True, exist_ok=True)
+        return user
+
+
+def write_lines(path: Path, lines: Sequence[str]) -> None:
+    """Write ``lines`` to ``path`` atomically (a concurrent reader sees the old or the new file)."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(f"{line}\n" for line in lines))
+    tmp.replace(path)
+
+
+def read_lines(path: Path) -> list[str]:
+    """The non-empty stripped lines of a text file."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def query_position(index: int, num_episodes: int, num_items: int) -> int:
+    """Which of ``num_items`` list entries is the query of episode ``index`` (of ``num_episodes``).
+
+    ``index % num_items`` when the list is not longer than the episode count (the reference PASCAL rule:
+    the list is cycled), else ``index * num_items // num_episodes``, spreading the episodes evenly over
+    the whole list instead of using only its first ``num_episodes`` entries.
+    """
+    if num_items <= num_episodes:
+        return index % num_items
+    return index * num_items // num_episodes
+
+
+def match_size(label: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Resize a label map [h, w] (nearest) to the image's [H, W] when they differ (as the references do)."""
+    if label.shape == image.shape[:2]:
+        return label
+    resized = resize_label(to_label_tensor(label.astype(np.int64)), tuple(image.shape[:2]))
+    return resized.numpy().astype(label.dtype)
+
+
+# --------------------------------------------------------------------------------------- augmentation
+def default_augmentation() -> Any:
+    """The built-in training augmentation (``augment: true``), close to the PFENet/VAT recipe.
+
+    Horizontal flip (p 0.5); affine scale 0.8-1.25 and rotation +-10 degrees (p 0.8; pixels moved in
+    from outside the image are ignore (255) in the query mask, background in the supports); Gaussian
+    blur (p 0.2); colour jitter (p 0.2).
+    """
+    import albumentations as A
+
+    return A.Compose(
+        [
+            A.HorizontalFlip(p=0.5),
+            A.Affine(scale=(0.8, 1.25), rotate=(-10, 10), fill=0, fill_mask=IGNORE_INDEX, p=0.8),
+            A.GaussianBlur(blur_limit=(3, 5), p=0.2),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.2),
+        ]
+    )
+
+
+class Augmenter:
+    """Albumentations augmentation of (image, target map) pairs, seeded per call.
+
+    Args:
+        augment: use the built-in recipe (:func:`default_augmentation`).
+        augment_config: path to a pipeline saved with ``albumentations.save(transform, path)`` (JSON, or
+            YAML when the file ends in ``.yaml``/``.yml``); takes precedence over the built-in recipe.
+
+    The transform must keep image and mask aligned (use ``A.Compose``); target maps are uint8 with values
+    0 / 1 / 255, so use nearest mask interpolation (albumentations' default) and, for padding, fill the
+    mask with 255 (ignored) or 0.
+    """
+
+    def __init__(self, augment: bool = False, augment_config: str | None = None) -> None:
+        self.transform: Any = None
+        if augment_config is not None:
+            import albumentations as A
+
+            path = Path(augment_config).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"data.augment_config: {path} not found; "
+                    "write one with albumentations.save(transform, path)"
+                )
+            fmt = "yaml" if path.suffix.lower() in (".yaml", ".yml") else "json"
+            self.transform = A.load(str(path), data_format=fmt)
+        elif augment:
+            self.transform = default_augmentation()
+
+    @property
+    def enabled(self) -> bool:
+        return self.transform is not None
+
+    def __call__(
+        self, rng: np.random.Generator, image: np.ndarray, target: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Augment ``image`` uint8 [H, W, 3] and ``target`` uint8 [H, W] with a seed drawn from ``rng``."""
+        if self.transform is None:
+            return image, target
+        self.transform.set_random_seed(int(rng.integers(2**31 - 1)))
+        out = self.transform(image=image, mask=target)
+        return np.asarray(out["image"]), np.asarray(out["mask"])
+
+
+# ------------------------------------------------------------------------------------------ datasets
+def usable_classes(
+    class_items: Mapping[int, Sequence[Hashable]],
+    class_ids: Sequence[int],
+    shot: int,
+    dataset: str,
+    class_names: Sequence[str],
+) -> list[int]:
+    """The classes of ``class_ids`` with at least ``shot + 1`` images; warn about the others.
+
+    Raises:
+        ValueError: when no class is left (naming the classes and their image counts).
+    """
+    keep, dropped = [], []
+    for c in class_ids:
+        n = len(class_items.get(c, ()))
+        (keep if n >= shot + 1 else dropped).append((c, n))
+    if dropped:
+        listed = ", ".join(f"{class_names[c]} ({n})" for c, n in dropped[:10])
+        if len(dropped) > 10:
+            listed += f", ... ({len(dropped) - 10} more)"
+        log.warning(
+            "%s: skipping %d class(es) with fewer than shot+1=%d images: %s",
+            dataset,
+            len(dropped),
+            shot + 1,
+            listed,
+        )
+    if not keep:
+        listed = ", ".join(f"{class_names[c]} ({n})" for c, n in dropped[:20]) or "none"
+        raise ValueError(
+            f"{dataset}: no class has the shot+1={shot + 1} images an episode needs (images per class: "
+            f"{listed}); lower data.shot or check data.root"
+        )
+    return [c for c, _ in keep]
+
+
+class ImageEpisodeDataset(EpisodicDataset):
+    """An episodic dataset over labelled image files.
+
+    Subclasses fill ``self.class_items`` (class id -> items holding the class, in a fixed order) and
+    implement :meth:`pick_query`, :meth:`load_image`, :meth:`load_target` and :meth:`item_name`.
+    Call :meth:`finalize_classes` at the end of ``__init__``: it drops classes with fewer than
+    ``shot + 1`` items (with a warning) and sets ``self.usable_class_ids``.
+    """
+
+    #: a human name for messages
+    display_name: str = "dataset"
+
+    def __init__(
+        self, *args: Any, augment: bool = False, augment_config: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.augmenter = Augmenter(augment, augment_config) if self.split == "train" else Augmenter()
+        self.class_items: dict[int, list[Any]] = {}
+        self.usable_class_ids: list[int] = []
+
+    # ------------------------------------------------------------------ to implement
+    @abstractmethod
+    def pick_query(self, rng: np.random.Generator, index: int) -> tuple[Any, int]:
+        """``(item, class_id)`` of the query of episode ``index``."""
+
+    @abstractmethod
+    def load_image(self, item: Any) -> np.ndarray:
+        """uint8 RGB [H, W, 3] of ``item``."""
+
+    @abstractmethod
+    def load_target(self, item: Any, class_id: int, query: bool) -> np.ndarray:
+        """uint8 target map [H, W] of ``class_id`` in ``item``: 0 / 1, and 255 for ignored pixels."""
+
+    @abstractmethod
+    def item_name(self, item: Any) -> str:
+        """A readable identifier of ``item`` (file stem or relative path)."""
+
+    @abstractmethod
+    def item_files(self, item: Any) -> list[Path]:
+        """The files ``item`` is read from (image first), for ``fss data check``."""
+
+    # ------------------------------------------------------------------ shared logic
+    def finalize_classes(self) -> None:
+        """Keep the classes of this split with at least ``shot + 1`` items (warn about the others)."""
+        self.usable_class_ids = usable_classes(
+            self.class_items, self.class_ids, self.shot, f"{self.display_name} {self.split}", self.class_names
+        )
+
+    def draw_supports(self, rng: np.random.Generator, class_id: int, query: Any) -> list[Any]:
+        """``shot`` distinct items of ``class_id`` other than ``query``, drawn with ``rng``.
+
+        (The reference code draws with replacement, so its 5-shot episodes may repeat a support; here the
+        K supports are always K different images.)
+        """
+        pool = [item for item in self.class_items[class_id] if item != query]
+        picks = rng.choice(len(pool), size=self.shot, replace=False)
+        return [pool[int(i)] for i in picks]
+
+    def load_pair(
+        self, item: Any, class_id: int, query: bool, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Image [H, W, 3] and target map [H, W] of ``item``, augmented for training."""
+        image = self.load_image(item)
+        target = match_size(self.load_target(item, class_id, query), image)
+        if self.augmenter.enabled:
+            image, target = self.augmenter(rng, image, target)
+        return image, target
+
+    def make_episode(self, rng: np.random.Generator, index: int) -> Episode:
+        query, class_id = self.pick_query(rng, index)
+        supports = self.draw_supports(rng, class_id, query)
+        q_img, q_tgt = self.load_pair(query, class_id, True, rng)
+        pairs = [self.load_pair(item, class_id, False, rng) for item in supports]
+        return build_episode(
+            q_img,
+            q_tgt,
+            [img for img, _ in pairs],
+            [tgt for _, tgt in pairs],
+            class_id=class_id,
+            img_size=self.img_size,
+            query_name=self.item_name(query),
+            support_names=[self.item_name(item) for item in supports],
+            keep_original_mask=self.use_original_imgsize,
+        )
+
+    # ------------------------------------------------------------------ inspection
+    def items(self) -> list[Any]:
+        """Every distinct item of the usable classes, in a fixed order."""
+        seen: dict[Any, None] = {}
+        for c in self.usable_class_ids:
+            for item in self.class_items[c]:
+                seen.setdefault(item, None)
+        return list(seen)
+
+    def files(self) -> Iterator[Path]:
+        """Every file the episodes of this split may read."""
+        for item in self.items():
+            yield from self.item_files(item)

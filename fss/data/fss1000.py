@@ -1,0 +1,360 @@
+"""FSS-1000, and the same folder layout for one's own dataset.
+
+Layout under ``root`` (``root`` may also contain these inside an ``FSS-1000`` folder, as in HSNet)::
+
+    <class name>/<stem>.jpg     image (.jpg, .jpeg or .png)
+    <class name>/<stem>.png     its mask (for .png images: <stem>_mask.png; <stem>_mask.png works for all)
+
+One folder per class, any number of images per class, any image size. Masks are single-channel (or RGB,
+converted to grey) PNGs: foreground where the value is >= 128, or, for masks whose values are only 0
+and 1, where it is 1. FSS-1000 has 1000 classes of 10 images (224 x 224).
+
+Splits (``train`` / ``val`` / ``test`` are disjoint sets of classes):
+
+* ``split_dir`` with ``trn.txt``, ``val.txt``, ``test.txt`` (one class folder name per line, the official
+  FSS-1000 lists of 520 / 240 / 240 classes): the published protocol. Folders in no list are ignored.
+* otherwise a seeded random split (``split_seed``) of all class folders in the proportions
+  52% / 24% / 24% (520 / 240 / 240 for 1000 classes; at least one class each), with a warning:
+  published numbers use the official lists.
+
+Class ids: the train classes (sorted by name), then the val classes, then the test classes, as in the
+reference (test class ``k`` of FSS-1000 has id ``760 + k``). There are no folds (``fold`` is 0).
+
+Episodes: val/test visit every image of the split once as the query (``val_episodes`` /
+``test_episodes: null``, the default; with a number ``n`` the queries are spread over the list, cycled
+when ``n`` is larger), with ``shot`` distinct other images of its class as supports, drawn from the
+episode generator. Training: one epoch = every training image once as the query, in shuffled order.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fss.data.base import EpisodicDataModule
+from fss.data.common import (
+    IMAGE_SUFFIXES,
+    DatasetLayoutError,
+    ImageEpisodeDataset,
+    query_position,
+    read_image,
+    read_label,
+    read_lines,
+)
+
+log = logging.getLogger(__name__)
+
+LAYOUT = """  <root>/<class name>/<stem>.jpg   with its mask <root>/<class name>/<stem>.png
+  (.png images: mask <stem>_mask.png; <root>/FSS-1000/<class name>/... is accepted too)"""
+
+#: the FSS-1000 split proportions (train, val, test) used without split lists
+SPLIT_FRACTIONS: tuple[float, float, float] = (0.52, 0.24, 0.24)
+_LIST_FILES = {"train": "trn.txt", "val": "val.txt", "test": "test.txt"}
+#: (root, split_seed) of the random splits already announced in this process (warn once each)
+_ANNOUNCED: set[tuple[str, int]] = set()
+
+#: (image file, mask file) names inside a class folder
+ImageItem = tuple[str, str, str]
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def resolve_folder_root(root: str | Path) -> Path:
+    """``root/FSS-1000`` when it exists, else ``root``; raise when it does not exist."""
+    root = Path(root).expanduser()
+    if (root / "FSS-1000").is_dir():
+        return root / "FSS-1000"
+    if not root.is_dir():
+        raise DatasetLayoutError(
+            f"FSS-1000 / folder dataset root {root} does not exist. Expected layout:\n{LAYOUT}"
+        )
+    return root
+
+
+def class_folders(root: Path) -> list[str]:
+    """Names of the class folders under ``root`` (non-hidden sub-folders), sorted."""
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not names:
+        raise DatasetLayoutError(f"{root} holds no class folders. Expected layout:\n{LAYOUT}")
+    return names
+
+
+def list_images(folder: Path) -> list[tuple[str, str]]:
+    """``(image file, mask file)`` names of a class folder, in natural order (1, 2, ..., 10).
+
+    Raises:
+        DatasetLayoutError: naming an image that has no mask.
+    """
+    files = {p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    stems_with_jpeg = {Path(f).stem for f in files if Path(f).suffix.lower() != ".png"}
+    pairs = []
+    for name in sorted(files, key=_natural_key):
+        stem, suffix = Path(name).stem, Path(name).suffix.lower()
+        if stem.endswith("_mask") or (suffix == ".png" and stem in stems_with_jpeg):
+            continue  # a mask
+        candidates = [f"{stem}_mask.png"] + ([f"{stem}.png"] if suffix != ".png" else [])
+        mask = next((c for c in candidates if c in files), None)
+        if mask is None:
+            raise DatasetLayoutError(
+                f"image {folder / name} has no mask: expected "
+                + " or ".join(str(folder / c) for c in candidates)
+            )
+        pairs.append((name, mask))
+    return pairs
+
+
+def split_sizes(num_classes: int) -> tuple[int, int, int]:
+    """(train, val, test) class counts for ``num_classes`` classes: 52/24/24 %, at least one each."""
+    if num_classes < 3:
+        raise ValueError(f"a train/val/test class split needs at least 3 class folders, found {num_classes}")
+    n_val = max(1, round(SPLIT_FRACTIONS[1] * num_classes))
+    n_test = max(1, round(SPLIT_FRACTIONS[2] * num_classes))
+    return num_classes - n_val - n_test, n_val, n_test
+
+
+def class_splits(
+    root: Path, split_dir: str | Path | None = None, split_seed: int = 0
+) -> dict[str, list[str]]:
+    """Class folder names of each split (``train``, ``val``, ``test``), each sorted."""
+    folders = class_folders(root)
+    if split_dir is not None:
+        split_dir = Path(split_dir).expanduser()
+        on_disk = set(folders)
+        splits, seen = {}, {}
+        for split, file in _LIST_FILES.items():
+            path = split_dir / file
+            if not path.is_file():
+                raise DatasetLayoutError(
+                    f"class list {path} not found: data.split_dir must hold trn.txt, val.txt, test.txt"
+                )
+            names = read_lines(path)
+            for name in names:
+                if name not in on_disk:
+                    raise DatasetLayoutError(f"class {name!r} of {path} has no folder {root / name}")
+                if name in seen:
+                    raise ValueError(f"class {name!r} is in both {seen[name]} and {path}")
+                seen[name] = path
+            splits[split] = sorted(names)
+        unused = len(folders) - len(seen)
+        if unused:
+            log.info(
+                "FSS-1000: %d class folders under %s are in no list of %s (ignored)", unused, root, split_dir
+            )
+        return splits
+    n_train, n_val, _ = split_sizes(len(folders))
+    order = [folders[i] for i in np.random.default_rng(split_seed).permutation(len(folders))]
+    if (str(root), split_seed) not in _ANNOUNCED:
+        _ANNOUNCED.add((str(root), split_seed))
+        log.warning(
+            "FSS-1000: no data.split_dir, splitting %d classes at random (split_seed=%d) into %d/%d/%d "
+            "train/val/test classes; published FSS-1000 numbers use the official trn/val/test lists.",
+            len(folders),
+            split_seed,
+            n_train,
+            n_val,
+            len(folders) - n_train - n_val,
+        )
+    return {
+        "train": sorted(order[:n_train]),
+        "val": sorted(order[n_train : n_train + n_val]),
+        "test": sorted(order[n_train + n_val :]),
+    }
+
+
+def ordered_class_names(splits: dict[str, list[str]]) -> list[str]:
+    """Global class order: train classes, then val, then test."""
+    return [*splits["train"], *splits["val"], *splits["test"]]
+
+
+class FSS1000Dataset(ImageEpisodeDataset):
+    """Episodes of one split of a folder-per-class dataset (FSS-1000 or one's own; see the module docstring).
+
+    Args:
+        root: folder of class folders (or containing ``FSS-1000``).
+        split, shot, num_episodes, seed, img_size, use_original_imgsize: see
+            :class:`~fss.data.base.EpisodicDataset` (``num_episodes=None``: every image once).
+        fold: must be 0 (no folds).
+        split_dir: folder with ``trn.txt``, ``val.txt``, ``test.txt`` class lists (optional).
+        split_seed: seed of the random class split used without ``split_dir``.
+        augment, augment_config: training augmentation (see :class:`fss.data.common.Augmenter`).
+    """
+
+    num_classes: ClassVar[int] = 1000
+    class_names: ClassVar[Sequence[str]] = ()
+    num_folds: ClassVar[int] = 1
+    display_name = "FSS-1000"
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        fold: int = 0,
+        shot: int = 1,
+        num_episodes: int | None = None,
+        seed: int = 0,
+        img_size: int = 400,
+        use_original_imgsize: bool = False,
+        split_dir: str | Path | None = None,
+        split_seed: int = 0,
+        augment: bool = False,
+        augment_config: str | None = None,
+    ) -> None:
+        self.root = resolve_folder_root(root)
+        self.splits = class_splits(self.root, split_dir, split_seed)
+        names = ordered_class_names(self.splits)
+        self.num_classes = len(names)  # type: ignore[misc]
+        self.class_names = names  # type: ignore[misc]
+        super().__init__(
+            split=split,
+            fold=fold,
+            shot=shot,
+            num_episodes=num_episodes,
+            seed=seed,
+            img_size=img_size,
+            use_original_imgsize=use_original_imgsize,
+            augment=augment,
+            augment_config=augment_config,
+        )
+        for c in self.class_ids:
+            folder = self.root / names[c]
+            self.class_items[c] = [(names[c], img, mask) for img, mask in list_images(folder)]
+        self.finalize_classes()
+        self.queries: list[tuple[ImageItem, int]] = [
+            (item, c) for c in self.usable_class_ids for item in self.class_items[c]
+        ]
+
+    def split_class_ids(self, split: str, fold: int) -> list[int]:  # type: ignore[override]
+        start = {"train": 0, "val": len(self.splits["train"])}.get(split)
+        if start is None:
+            start = len(self.splits["train"]) + len(self.splits["val"])
+        return list(range(start, start + len(self.splits[split])))
+
+    def default_num_episodes(self) -> int:
+        return len(self.queries)
+
+    # ------------------------------------------------------------------ items
+    def pick_query(self, rng: np.random.Generator, index: int) -> tuple[ImageItem, int]:
+        return self.queries[query_position(index, self.num_episodes, len(self.queries))]
+
+    def load_image(self, item: ImageItem) -> np.ndarray:
+        return read_image(self.root / item[0] / item[1])
+
+    def load_target(self, item: ImageItem, class_id: int, query: bool) -> np.ndarray:
+        label = read_label(self.root / item[0] / item[2], grey=True)
+        if label.max() <= 1:
+            return label.astype(np.uint8)
+        return (label >= 128).astype(np.uint8)
+
+    def item_name(self, item: ImageItem) -> str:
+        return f"{item[0]}/{Path(item[1]).stem}"
+
+    def item_files(self, item: ImageItem) -> list[Path]:
+        return [self.root / item[0] / item[1], self.root / item[0] / item[2]]
+
+
+class FSS1000DataModule(EpisodicDataModule):
+    """FSS-1000 (or one's own folder-per-class dataset) episodes.
+
+    Args:
+        root: folder of class folders (``<class>/<stem>.jpg`` + ``<class>/<stem>.png``), or containing
+            ``FSS-1000``.
+        fold: always 0 (FSS-1000 has no folds; kept so that ``--data.fold 0`` works everywhere).
+        shot: support images per episode.
+        split_dir: folder with the class lists ``trn.txt``, ``val.txt``, ``test.txt``; ``null`` splits
+            the classes at random (seeded by ``split_seed``; 52/24/24 %).
+        split_seed: seed of that random class split (independent of the episode ``seed``).
+        augment: built-in albumentations augmentation of training episodes.
+        augment_config: path of an ``albumentations.save``-d pipeline for training (overrides ``augment``).
+        val_episodes, test_episodes: ``null`` (default) = every image of the split once as the query.
+        img_size, batch_size, eval_batch_size, num_workers, train_episodes, seed, use_original_imgsize:
+            see :class:`~fss.data.base.EpisodicDataModule` (``train_episodes: null`` = every training
+            image once).
+    """
+
+    dataset_class = FSS1000Dataset
+
+    def __init__(
+        self,
+        root: str,
+        fold: int = 0,
+        shot: int = 1,
+        split_dir: str | None = None,
+        split_seed: int = 0,
+        augment: bool = False,
+        augment_config: str | None = None,
+        img_size: int = 400,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        train_episodes: int | None = None,
+        val_episodes: int | None = None,
+        test_episodes: int | None = None,
+        seed: int = 0,
+        use_original_imgsize: bool = False,
+    ) -> None:
+        super().__init__(
+            fold=fold,
+            shot=shot,
+            img_size=img_size,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            train_episodes=train_episodes,
+            val_episodes=val_episodes if val_episodes is not None else 1,
+            test_episodes=test_episodes if test_episodes is not None else 1,
+            seed=seed,
+            use_original_imgsize=use_original_imgsize,
+        )
+        self.val_episodes: int | None = val_episodes  # type: ignore[assignment]
+        self.test_episodes: int | None = test_episodes  # type: ignore[assignment]
+        self.root = root
+        self.split_dir = split_dir
+        self.split_seed = split_seed
+        self.augment = augment
+        self.augment_config = augment_config
+        self._splits: dict[str, list[str]] | None = None
+
+    @property
+    def splits(self) -> dict[str, list[str]]:
+        """Class names of each split (reads the class folders once)."""
+        if self._splits is None:
+            self._splits = class_splits(resolve_folder_root(self.root), self.split_dir, self.split_seed)
+        return self._splits
+
+    @property
+    def num_classes(self) -> int:
+        return len(ordered_class_names(self.splits))
+
+    @property
+    def class_names(self) -> list[str]:
+        return ordered_class_names(self.splits)
+
+    def _split_ids(self, split: str) -> list[int]:
+        offset = {"train": 0, "val": len(self.splits["train"])}
+        start = offset.get(split, len(self.splits["train"]) + len(self.splits["val"]))
+        return list(range(start, start + len(self.splits[split])))
+
+    @property
+    def eval_class_ids(self) -> list[int]:
+        """The test classes (val episodes use the val classes: ``self._split_ids('val')``)."""
+        return self._split_ids("test")
+
+    @property
+    def train_class_ids(self) -> list[int]:
+        return self._split_ids("train")
+
+    def dataset_kwargs(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "split_dir": self.split_dir,
+            "split_seed": self.split_seed,
+            "augment": self.augment,
+            "augment_config": self.augment_config,
+        }

@@ -1,0 +1,207 @@
+"""Image and mask conversions shared by every dataset: resize, ImageNet normalisation, episode tensors.
+
+The conventions follow the reference HSNet pipeline: images are resized bilinearly (with
+anti-aliasing, like PIL's resize) to ``img_size`` x ``img_size`` and normalised with the ImageNet
+mean and std; masks are resized with nearest-neighbour interpolation. Query masks are ``long`` with
+0 / 1 / 255 (ignore); support masks are ``float`` 0 / 1 with ignore pixels set to 0.
+
+A dataset typically reads its images and label maps, turns each label map into a 0/1/255 target map
+with :func:`binarize_label` and hands everything to :func:`build_episode`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from fss.data.episode import IGNORE_INDEX, Episode
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+#: an image as a dataset may hold it: PIL image, uint8 [H,W,3] / [H,W] array, or float [3,H,W] in [0,1]
+ImageLike = Union[Image.Image, np.ndarray, Tensor]
+#: a label or mask map [H, W] as array or tensor
+MaskLike = Union[Image.Image, np.ndarray, Tensor]
+Size = Union[int, tuple[int, int]]
+
+
+def _pair(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def to_image_tensor(img: ImageLike) -> Tensor:
+    """Convert an image to float [3, H, W] in [0, 1].
+
+    Accepts a PIL image (converted to RGB), a uint8 array [H, W, 3] or [H, W] (grey, repeated), a float
+    array [H, W, 3] in [0, 1], or a float tensor [3, H, W] in [0, 1] (returned as float32).
+    """
+    if isinstance(img, Image.Image):
+        img = np.asarray(img.convert("RGB"))
+    if isinstance(img, np.ndarray):
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"expected an image array [H,W,3] or [H,W], got shape {img.shape}")
+        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+        t = t.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+        return t.div_(255.0) if img.dtype == np.uint8 else t
+    if isinstance(img, Tensor):
+        if img.dim() != 3 or img.shape[0] != 3:
+            raise ValueError(f"expected an image tensor [3,H,W], got {tuple(img.shape)}")
+        return img.float().div(255.0) if img.dtype == torch.uint8 else img.float()
+    raise TypeError(f"cannot convert {type(img).__name__} to an image tensor")
+
+
+def to_label_tensor(mask: MaskLike) -> Tensor:
+    """Convert a label map (PIL, array or tensor) [H, W] to a long tensor [H, W]."""
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask)
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(np.ascontiguousarray(mask))
+    if not isinstance(mask, Tensor) or mask.dim() != 2:
+        shape = tuple(mask.shape) if hasattr(mask, "shape") else type(mask).__name__
+        raise ValueError(f"expected a label map [H,W], got {shape}")
+    return mask.long()
+
+
+def resize_image(img: Tensor, size: Size) -> Tensor:
+    """Resize float images [3, H, W] or [N, 3, H, W] bilinearly (anti-aliased) to ``size``."""
+    size = _pair(size)
+    if tuple(img.shape[-2:]) == size:
+        return img
+    batched = img.dim() == 4
+    out = F.interpolate(
+        img if batched else img[None], size, mode="bilinear", align_corners=False, antialias=True
+    )
+    return out if batched else out[0]
+
+
+def resize_label(mask: Tensor, size: Size) -> Tensor:
+    """Resize a label map [H, W] (or [N, H, W]) with nearest-neighbour interpolation; dtype is kept."""
+    size = _pair(size)
+    if tuple(mask.shape[-2:]) == size:
+        return mask
+    batched = mask.dim() == 3
+    m = mask if batched else mask[None]
+    out = F.interpolate(m[:, None].float(), size, mode="nearest")[:, 0].to(mask.dtype)
+    return out if batched else out[0]
+
+
+def normalize_image(img: Tensor) -> Tensor:
+    """ImageNet normalisation of images [..., 3, H, W] in [0, 1]."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    return (img - mean).div_(std)
+
+
+def normalize_array_(img: np.ndarray) -> np.ndarray:
+    """In-place ImageNet normalisation of a float32 array [..., 3, H, W] in [0, 1] (fast path for
+    datasets that render or decode into their own arrays); returns ``img``."""
+    img -= np.asarray(IMAGENET_MEAN, dtype=img.dtype).reshape(3, 1, 1)
+    img *= (1.0 / np.asarray(IMAGENET_STD, dtype=img.dtype)).reshape(3, 1, 1)
+    return img
+
+
+def denormalize_image(img: Tensor) -> Tensor:
+    """Undo :func:`normalize_image` and clamp to [0, 1] (for figures)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=img.dtype, device=img.device).view(3, 1, 1)
+    return (img * std + mean).clamp(0.0, 1.0)
+
+
+def image_tensor(img: ImageLike, size: Size | None) -> Tensor:
+    """An image as the model sees it: float [3, size, size], resized and ImageNet-normalised."""
+    t = to_image_tensor(img)
+    return normalize_image(resize_image(t, size) if size is not None else t)
+
+
+def binarize_label(label: MaskLike, class_value: int, ignore_value: int | None = IGNORE_INDEX) -> Tensor:
+    """Target map of one class: 1 where ``label == class_value``, 255 where ``label == ignore_value``, else 0.
+
+    Args:
+        label: label map [H, W] (e.g. VOC's SegmentationClassAug, where class ``c`` is ``c + 1``).
+        class_value: the label value of the episode's class.
+        ignore_value: the label value of ignored pixels, or ``None`` when the source has none.
+
+    Returns:
+        long [H, W] with values in {0, 1, 255}.
+    """
+    label = to_label_tensor(label)
+    out = (label == class_value).long()
+    if ignore_value is not None:
+        out[label == ignore_value] = IGNORE_INDEX
+    return out
+
+
+def query_mask_tensor(target: MaskLike, size: Size | None) -> Tensor:
+    """The query mask: long [size, size] in {0, 1, 255} from a target map with those values (or bool)."""
+    t = to_label_tensor(target)
+    return resize_label(t, size) if size is not None else t
+
+
+def support_mask_tensor(target: MaskLike, size: Size | None) -> Tensor:
+    """A support mask: float [size, size] in {0, 1}; ignore (255) pixels become 0."""
+    t = query_mask_tensor(target, size)
+    return (t == 1).float()
+
+
+def build_episode(
+    query_img: ImageLike,
+    query_target: MaskLike,
+    support_imgs: Sequence[ImageLike],
+    support_targets: Sequence[MaskLike],
+    class_id: int,
+    img_size: int,
+    query_name: str,
+    support_names: Sequence[str],
+    keep_original_mask: bool = False,
+) -> Episode:
+    """Assemble an :class:`~fss.data.episode.Episode` from raw images and 0/1/255 target maps.
+
+    Args:
+        query_img: the query image at its original size (H0 x W0).
+        query_target: its target map [H0, W0] in {0, 1, 255} (see :func:`binarize_label`).
+        support_imgs, support_targets: K support images and their target maps (any sizes).
+        class_id: global 0-based class index of the episode.
+        img_size: side of the square model input.
+        query_name, support_names: identifiers for logging and figures.
+        keep_original_mask: also return ``org_query_mask`` (the query target at H0 x W0), used to
+            evaluate at the original resolution.
+
+    Returns:
+        An episode with ``query_img`` [3,S,S], ``query_mask`` [S,S], ``support_imgs`` [K,3,S,S],
+        ``support_masks`` [K,S,S], ``class_id`` [], ``org_query_imsize`` [2] (H0, W0), S = img_size.
+    """
+    if len(support_imgs) != len(support_targets) or len(support_imgs) != len(support_names):
+        raise ValueError(
+            f"build_episode got {len(support_imgs)} support images, {len(support_targets)} targets and "
+            f"{len(support_names)} names"
+        )
+    if not support_imgs:
+        raise ValueError("build_episode needs at least one support image")
+    q = to_image_tensor(query_img)
+    q_target = to_label_tensor(query_target)
+    if tuple(q_target.shape) != tuple(q.shape[-2:]):
+        raise ValueError(
+            f"query {query_name!r}: image {tuple(q.shape[-2:])} and mask {tuple(q_target.shape)} differ"
+        )
+    episode: Episode = {
+        "query_img": normalize_image(resize_image(q, img_size)),
+        "query_mask": query_mask_tensor(q_target, img_size),
+        "support_imgs": torch.stack([image_tensor(img, img_size) for img in support_imgs]),
+        "support_masks": torch.stack([support_mask_tensor(t, img_size) for t in support_targets]),
+        "class_id": torch.tensor(class_id, dtype=torch.long),
+        "query_name": query_name,
+        "support_names": list(support_names),
+        "org_query_imsize": torch.tensor(tuple(q.shape[-2:]), dtype=torch.long),
+    }
+    if keep_original_mask:
+        episode["org_query_mask"] = q_target
+    return episode
