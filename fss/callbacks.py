@@ -1,0 +1,111 @@
+"""Trainer callbacks of the suite.
+
+:class:`BestEpochTracker` records the epoch of the best validation mIoU, the HM paper's measure
+of convergence speed, and writes it to ``best.json`` in the run directory at the end of fit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+
+class BestEpochTracker(Callback):
+    """Track the epoch of the best ``monitor`` value; log it and write ``best.json`` after fit.
+
+    After every validation (sanity check excluded) the callback reads ``monitor`` from the
+    trainer's logged metrics; when it improves, ``best_epoch`` (0-based, as in checkpoint names
+    ``best-epoch=N.ckpt``) and ``best_val_miou`` are updated and logged to every logger. At the
+    end of fit, rank zero writes ``filename`` into ``trainer.log_dir`` (or ``default_root_dir``)::
+
+        {"best_epoch": 7, "best_val_miou": 41.3, "epochs_run": 12, "wall_time_s": 5120.4,
+         "monitor": "val/miou"}
+
+    The state (best so far, accumulated wall time) is saved in checkpoints, so a resumed run
+    keeps counting.
+
+    Args:
+        monitor: the logged metric to watch.
+        mode: ``max`` (mIoU) or ``min``.
+        filename: name of the JSON file written into the run directory.
+    """
+
+    def __init__(
+        self, monitor: str = "val/miou", mode: Literal["max", "min"] = "max", filename: str = "best.json"
+    ):
+        super().__init__()
+        if mode not in ("max", "min"):
+            raise ValueError(f"BestEpochTracker mode must be 'max' or 'min', got {mode!r}")
+        self.monitor = monitor
+        self.mode = mode
+        self.filename = filename
+        self.best_epoch: int | None = None
+        self.best_value: float | None = None
+        self._elapsed_before = 0.0  # wall time of earlier (resumed-from) runs
+        self._start: float | None = None
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds of fitting so far, across resumptions."""
+        running = time.monotonic() - self._start if self._start is not None else 0.0
+        return self._elapsed_before + running
+
+    def _improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.mode == "max" else value < self.best_value
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.monotonic()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if self._improved(value):
+            self.best_epoch, self.best_value = trainer.current_epoch, value
+        metrics = {"best_epoch": float(self.best_epoch), "best_val_miou": float(self.best_value)}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _stop_clock(self) -> None:
+        self._elapsed_before, self._start = self.wall_time, None
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._stop_clock()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_clock()
+        if not trainer.is_global_zero:
+            return
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        summary = {
+            "best_epoch": self.best_epoch,
+            "best_val_miou": self.best_value,
+            "epochs_run": trainer.current_epoch,
+            "wall_time_s": round(self.wall_time, 3),
+            "monitor": self.monitor,
+        }
+        (run_dir / self.filename).write_text(json.dumps(summary, indent=2) + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_epoch": self.best_epoch, "best_value": self.best_value, "wall_time": self.wall_time}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_epoch = state_dict["best_epoch"]
+        self.best_value = state_dict["best_value"]
+        self._elapsed_before = state_dict["wall_time"]

@@ -1,0 +1,193 @@
+"""The LightningModule of every experiment: a few-shot segmenter, its loss, metrics and optimizer.
+
+:class:`FewShotSegmentationTask` wraps any network of ``fss.models.MODELS`` behind flat, typed
+options so that configs and the CLI can say ``--model.net hsnet --model.masking fm``.
+
+* training: cross-entropy (ignore index 255) on the logits [B, 2, H, W] (mean over the K shots);
+  the training mIoU/FB-IoU use the argmax of those logits, as the reference training loop does;
+* validation / test: the k-shot prediction rule (``kshot_rule``) on the per-shot logits, the same
+  loss for monitoring, and the metrics of ``fss.metrics.FewShotIoU``. With
+  ``use_original_imgsize`` batches (an ``org_query_mask`` key), each episode is predicted and
+  scored at its original mask size;
+* optimizer: Adam over the learner only; the backbone is frozen and stays in eval mode.
+
+Logged keys: ``{train,val,test}/loss`` (epoch means), ``{train,val,test}/miou`` and
+``{train,val,test}/fbiou`` (computed over the epoch), and ``train/loss_step``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fss.metrics import IGNORE_INDEX, FewShotIoU
+from fss.models import build_model
+from fss.models.base import aggregate_shots
+
+Stage = Literal["train", "val", "test"]
+
+# Lightning warns about submodules left in eval mode at the start of fit: the frozen backbone is,
+# on purpose (its BatchNorm statistics must not move).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+
+def masked_cross_entropy(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Mean cross-entropy over the non-ignored pixels (0 when every pixel is ignored).
+
+    Same value as ``F.cross_entropy(logits, target, weight, ignore_index=255)`` whenever a pixel
+    is valid, but never NaN for an all-ignore batch.
+
+    Args:
+        logits: [B, 2, H, W].
+        target: [B, H, W] long in {0, 1, 255}.
+        weight: optional [2] class weights (background, foreground).
+    """
+    total = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX, reduction="sum")
+    valid = target != IGNORE_INDEX
+    if weight is None:
+        denom = valid.sum()
+    else:
+        denom = weight[target.clamp(max=1)].mul(valid).sum()
+    return total / denom.clamp(min=1)
+
+
+class FewShotSegmentationTask(pl.LightningModule):
+    """Train and evaluate a few-shot segmenter.
+
+    Args:
+        net: model name in ``fss.models.MODELS`` (``hsnet``, ``asnet``, ``vat``).
+        backbone: ``resnet50`` | ``resnet101`` (or ``resnet18`` | ``resnet34`` for small runs).
+        masking: support masking strategy: ``fm`` | ``im`` | ``hm`` | ``hm_add`` | ``hm_reverse``.
+        weights: backbone weights: ``imagenet``, a torchvision state_dict path, or null (random).
+        lr: Adam learning rate (the references use 1e-3).
+        kshot_rule: how K > 1 shots are combined at evaluation: ``vote`` (reference) or ``mean``.
+        num_classes: width of the metric state (global class ids must be below it); the CLI
+            links it from the data module's ``num_classes``.
+        fg_weight: weight of the foreground class in the loss (1.0 = the references' plain CE).
+        net_options: extra keyword arguments of the model's constructor (model specific).
+        pretrained: path of a reference or published checkpoint loaded into the network with
+            ``load_reference_state_dict`` (e.g. to test the authors' weights).
+    """
+
+    def __init__(
+        self,
+        net: str = "hsnet",
+        backbone: str = "resnet50",
+        masking: str = "hm",
+        weights: str | None = "imagenet",
+        lr: float = 1e-3,
+        kshot_rule: Literal["vote", "mean"] = "vote",
+        num_classes: int = 1000,
+        fg_weight: float = 1.0,
+        net_options: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if fg_weight <= 0:
+            raise ValueError(f"model.fg_weight must be positive, got {fg_weight}")
+        self.net = build_model(
+            net, backbone=backbone, masking=masking, weights=weights, **(net_options or {})
+        )
+        if pretrained is not None:
+            self.net.load_reference_state_dict(pretrained)
+        class_weight = None if fg_weight == 1.0 else torch.tensor([1.0, fg_weight])
+        self.register_buffer("class_weight", class_weight, persistent=False)
+        # one metric per stage (attribute names, not a ModuleDict: "train" is a Module method)
+        self.train_iou = FewShotIoU(num_classes)
+        self.val_iou = FewShotIoU(num_classes)
+        self.test_iou = FewShotIoU(num_classes)
+
+    # -- model -----------------------------------------------------------------------------
+    def forward(self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor) -> Tensor:
+        """Logits [B, 2, H, W] (mean over shots) for query [B,3,H,W], supports [B,K,3,H,W], masks [B,K,H,W]."""
+        return self.net(query_img, support_imgs, support_masks)
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Cross-entropy of logits [B,2,H,W] against target [B,H,W], ignoring 255 pixels."""
+        return masked_cross_entropy(logits, target, self.class_weight)
+
+    def metric(self, stage: Stage) -> FewShotIoU:
+        """The metric object of ``stage``."""
+        return getattr(self, f"{stage}_iou")
+
+    # -- one shared step -------------------------------------------------------------------
+    def _shared_step(self, batch: dict[str, Any], stage: Stage) -> Tensor:
+        """Loss (logged) and metric update for a batch of episodes (schema: ``fss/data/episode.py``)."""
+        query_img = batch["query_img"]  # [B, 3, H, W]
+        support_imgs, support_masks = batch["support_imgs"], batch["support_masks"]  # [B,K,3,H,W], [B,K,H,W]
+        target, class_id = batch["query_mask"], batch["class_id"]  # [B, H, W], [B]
+        metric = self.metric(stage)
+        if stage == "train":
+            logits = self.net(query_img, support_imgs, support_masks)
+            loss = self.loss(logits, target)
+            metric.update(logits.detach().argmax(dim=1), target, class_id)
+        else:
+            shot_logits = self.net.forward_shots(query_img, support_imgs, support_masks)  # [B,K,2,H,W]
+            loss = self.loss(shot_logits.mean(dim=1), target)
+            org_masks = batch.get("org_query_mask")
+            if org_masks is None:
+                metric.update(aggregate_shots(shot_logits, self.hparams.kshot_rule), target, class_id)
+            else:  # use_original_imgsize: predict each episode at its original mask size
+                for i, org_mask in enumerate(org_masks):
+                    pred = aggregate_shots(
+                        shot_logits[i : i + 1], self.hparams.kshot_rule, org_mask.shape[-2:]
+                    )
+                    metric.update(pred, org_mask.reshape(1, *org_mask.shape[-2:]), class_id[i : i + 1])
+        batch_size = query_img.shape[0]
+        # {stage}/loss is the epoch mean in every stage; training also shows the per-step value
+        self.log(f"{stage}/loss", loss, on_epoch=True, on_step=False, batch_size=batch_size, sync_dist=True)
+        if stage == "train":
+            self.log(
+                "train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size
+            )
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | list[Tensor]:
+        """Predicted masks: long [B, H, W], or with ``org_query_mask`` a list of B [H0, W0] masks."""
+        args = (batch["query_img"], batch["support_imgs"], batch["support_masks"])
+        rule = self.hparams.kshot_rule
+        org_masks = batch.get("org_query_mask")
+        if org_masks is None:
+            return self.net.predict_mask(*args, rule=rule)
+        shot_logits = self.net.forward_shots(*args)
+        return [
+            aggregate_shots(shot_logits[i : i + 1], rule, m.shape[-2:])[0] for i, m in enumerate(org_masks)
+        ]
+
+    # -- epoch ends: compute (synchronised across processes), log, reset ---------------------
+    def _log_epoch_metrics(self, stage: Stage) -> None:
+        metric = self.metric(stage)
+        values = metric.compute()  # every process calls it: it is a collective under DDP
+        # the values are already global; sync_dist only averages equal numbers (and keeps Lightning quiet)
+        self.log(f"{stage}/miou", values["miou"], prog_bar=stage != "train", sync_dist=True)
+        self.log(f"{stage}/fbiou", values["fbiou"], sync_dist=True)
+        metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    # -- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam over the learner's parameters (the backbone is frozen)."""
+        return torch.optim.Adam(self.net.learner.parameters(), lr=self.hparams.lr)

@@ -1,0 +1,178 @@
+"""FewShotSegmentationTask: frozen backbone, learner-only optimizer, loss with ignore pixels, metrics."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from fss.data.episode import collate_episodes
+from fss.models import MODELS, FewShotSegmenter
+from fss.task import FewShotSegmentationTask, masked_cross_entropy
+
+SIZE = 64
+
+
+class TinySegmenter(FewShotSegmenter):
+    """A 1x1 conv on the cosine similarity between the query and the masked-support prototype."""
+
+    learner_name = "head"
+    first_layer = 4
+
+    def __init__(
+        self, backbone: str = "resnet18", masking: str = "fm", weights: str | None = None, bias: bool = True
+    ) -> None:
+        super().__init__(backbone=backbone, masking=masking, weights=weights)
+        self.head = nn.Conv2d(1, 2, kernel_size=1, bias=bias)
+
+    def predict_logits(
+        self, query_feats: list[Tensor], support_feats: list[Tensor], support_mask: Tensor
+    ) -> Tensor:
+        prototype = support_feats[-1].mean(dim=(2, 3), keepdim=True)
+        corr = F.cosine_similarity(query_feats[-1], prototype, dim=1).unsqueeze(1)
+        return self.head(corr)
+
+
+@pytest.fixture(autouse=True)
+def _register_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(MODELS, "tiny", TinySegmenter)
+
+
+def make_task(**kwargs) -> FewShotSegmentationTask:
+    options = {"net": "tiny", "backbone": "resnet18", "weights": None, "masking": "fm", "num_classes": 5}
+    return FewShotSegmentationTask(**(options | kwargs))
+
+
+def make_episode(seed: int, shot: int = 1, org_size: tuple[int, int] | None = None) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    query_mask = (torch.rand(SIZE, SIZE, generator=gen) > 0.5).long()
+    query_mask[:4] = 255
+    episode = {
+        "query_img": torch.randn(3, SIZE, SIZE, generator=gen),
+        "query_mask": query_mask,
+        "support_imgs": torch.randn(shot, 3, SIZE, SIZE, generator=gen),
+        "support_masks": (torch.rand(shot, SIZE, SIZE, generator=gen) > 0.5).float(),
+        "class_id": torch.tensor(seed % 5),
+        "query_name": f"q{seed}",
+        "support_names": [f"s{seed}_{k}" for k in range(shot)],
+        "org_query_imsize": torch.tensor(org_size or (SIZE, SIZE)),
+    }
+    if org_size is not None:
+        episode["org_query_mask"] = (torch.rand(*org_size, generator=gen) > 0.5).long()
+    return episode
+
+
+def loader(n: int, batch_size: int = 2, **kwargs) -> DataLoader:
+    return DataLoader(
+        [make_episode(i, **kwargs) for i in range(n)], batch_size=batch_size, collate_fn=collate_episodes
+    )
+
+
+def make_trainer(tmp_path, **kwargs) -> pl.Trainer:
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    return pl.Trainer(**(options | kwargs))
+
+
+def test_backbone_stays_frozen_while_learner_trains(tmp_path) -> None:
+    task = make_task()
+    backbone_before = {k: v.clone() for k, v in task.net.backbone.state_dict().items()}
+    learner_before = {k: v.clone() for k, v in task.net.learner.state_dict().items()}
+    assert any("running_mean" in k for k in backbone_before)
+
+    make_trainer(tmp_path, max_steps=3, limit_val_batches=0).fit(task, loader(6))
+
+    assert not task.net.backbone.training
+    for key, value in task.net.backbone.state_dict().items():
+        assert torch.equal(value, backbone_before[key]), f"backbone {key} changed during training"
+    changed = [k for k, v in task.net.learner.state_dict().items() if not torch.equal(v, learner_before[k])]
+    assert changed, "the learner did not train: the frozen-backbone check would be vacuous"
+    task.train()
+    assert task.training and task.net.learner.training and not task.net.backbone.training
+
+
+def test_optimizer_holds_exactly_the_learner_parameters() -> None:
+    task = make_task()
+    optimizer = task.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert optimizer.defaults["lr"] == pytest.approx(1e-3)
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert in_optimizer == {id(p) for p in task.net.learner.parameters()}
+    assert not in_optimizer & {id(p) for p in task.net.backbone.parameters()}
+
+
+def test_loss_ignores_255_pixels() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 2, 5, 6, generator=gen)
+    target = torch.randint(0, 2, (2, 5, 6), generator=gen)
+    target[:, 0] = 255
+    valid = target != 255
+    expected = F.cross_entropy(logits.permute(0, 2, 3, 1)[valid], target[valid])
+    assert masked_cross_entropy(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+    perturbed = logits.clone()
+    perturbed[:, :, 0] = 100 * torch.randn(2, 2, 6, generator=gen)
+    assert masked_cross_entropy(perturbed, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+    all_ignored = masked_cross_entropy(logits, torch.full_like(target, 255))
+    assert all_ignored.item() == 0.0
+
+    task = make_task(fg_weight=3.0)
+    weighted = F.cross_entropy(logits, target, weight=torch.tensor([1.0, 3.0]), ignore_index=255)
+    assert task.loss(logits, target).item() == pytest.approx(weighted.item(), rel=1e-6)
+    assert make_task().loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_validation_and_test_log_loss_and_metrics(tmp_path) -> None:
+    task = make_task(kshot_rule="mean")
+    results = make_trainer(tmp_path).test(task, loader(4, shot=2), verbose=False)[0]
+    assert set(results) == {"test/loss", "test/miou", "test/fbiou"}
+    assert 0 <= results["test/miou"] <= 100 and 0 <= results["test/fbiou"] <= 100
+
+    # the logged numbers are FewShotIoU over the predictions of predict_step
+    preds = make_trainer(tmp_path).predict(task, loader(4, shot=2))
+    from fss.metrics import FewShotIoU
+
+    metric = FewShotIoU(5)
+    for batch, pred in zip(loader(4, shot=2), preds):
+        assert pred.shape == batch["query_mask"].shape and pred.dtype == torch.long
+        metric.update(pred, batch["query_mask"], batch["class_id"])
+    assert results["test/miou"] == pytest.approx(metric.compute()["miou"].item(), rel=1e-5)
+
+    val = make_trainer(tmp_path).validate(task, loader(2), verbose=False)[0]
+    assert set(val) == {"val/loss", "val/miou", "val/fbiou"}
+
+
+def test_original_size_masks_are_scored_at_their_size(tmp_path) -> None:
+    task = make_task()
+    results = make_trainer(tmp_path).test(task, loader(2, batch_size=1, org_size=(37, 51)), verbose=False)[0]
+    assert 0 <= results["test/miou"] <= 100
+    preds = make_trainer(tmp_path).predict(task, loader(2, batch_size=1, org_size=(37, 51)))
+    assert [p.shape for batch in preds for p in batch] == [(37, 51), (37, 51)]
+
+
+def test_unknown_model_names_the_option() -> None:
+    with pytest.raises(ValueError, match="model.net"):
+        FewShotSegmentationTask(net="nope", weights=None)
+
+
+def test_net_options_and_pretrained_checkpoint(tmp_path) -> None:
+    assert make_task(net_options={"bias": False}).net.head.bias is None
+
+    source = make_task()
+    reference = {f"module.{k}": v for k, v in source.net.state_dict().items()}  # DataParallel-style keys
+    torch.save(reference, tmp_path / "reference.pt")
+    loaded = make_task(pretrained=str(tmp_path / "reference.pt"))
+    for key, value in source.net.state_dict().items():
+        assert torch.equal(loaded.net.state_dict()[key], value), key
+    assert loaded.hparams.pretrained == str(tmp_path / "reference.pt")
