@@ -47,6 +47,7 @@ class BestEpochTracker(Callback):
         self.filename = filename
         self.best_epoch: int | None = None
         self.best_value: float | None = None
+        self.initial_value: float | None = None  # the untrained model's, from a full sanity check
         self._elapsed_before = 0.0  # wall time of earlier (resumed-from) runs
         self._start: float | None = None
 
@@ -67,9 +68,15 @@ class BestEpochTracker(Callback):
         self._start = time.monotonic()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":
+        if trainer.state.fn != "fit":
             return
         value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking:
+            # with num_sanity_val_steps: -1 the sanity check scores the untrained model on the
+            # whole validation set: keep it as the baseline the trained model is compared with
+            if value is not None and trainer.num_sanity_val_steps == float("inf"):
+                self.initial_value = float(value)
+            return
         if value is None:
             return
         value = float(value)
@@ -99,13 +106,28 @@ class BestEpochTracker(Callback):
             "epochs_run": trainer.current_epoch,
             "wall_time_s": round(self.wall_time, 3),
             "monitor": self.monitor,
+            "initial_val_miou": self.initial_value,
         }
-        (run_dir / self.filename).write_text(json.dumps(summary, indent=2) + "\n")
+        path = run_dir / self.filename
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+        before = (
+            "n/a (set trainer.num_sanity_val_steps: -1)"
+            if self.initial_value is None
+            else f"{self.initial_value:.2f}"
+        )
+        best = "n/a" if self.best_value is None else f"{self.best_value:.2f} (epoch {self.best_epoch})"
+        print(f"\n{self.monitor}: untrained model {before} -> best {best}; summary in {path}", flush=True)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best_epoch": self.best_epoch, "best_value": self.best_value, "wall_time": self.wall_time}
+        return {
+            "best_epoch": self.best_epoch,
+            "best_value": self.best_value,
+            "wall_time": self.wall_time,
+            "initial_value": self.initial_value,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_epoch = state_dict["best_epoch"]
         self.best_value = state_dict["best_value"]
         self._elapsed_before = state_dict["wall_time"]
+        self.initial_value = state_dict.get("initial_value")

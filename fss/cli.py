@@ -45,7 +45,9 @@ from fss.task import FewShotSegmentationTask
 
 #: extra commands: name -> ("module:function", one-line help). The function takes the remaining
 #: arguments (list[str]) and returns an exit code (or None). Add a command with one line here.
-EXTRA_COMMANDS: dict[str, tuple[str, str]] = {}
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("fss.data.check:main", "dataset tools: fss data check --config X.yaml"),
+}
 
 
 def _extra_commands_epilog() -> str:

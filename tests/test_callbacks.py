@@ -37,7 +37,9 @@ def data() -> DataLoader:
     return DataLoader(TensorDataset(torch.ones(2, 1)), batch_size=1)
 
 
-def fit(root: Path, max_epochs: int, ckpt_path: str | None = None, logger=False) -> BestEpochTracker:
+def fit(
+    root: Path, max_epochs: int, ckpt_path: str | None = None, logger=False, sanity_steps: int = 1
+) -> BestEpochTracker:
     tracker = BestEpochTracker()
     trainer = pl.Trainer(
         max_epochs=max_epochs,
@@ -45,7 +47,7 @@ def fit(root: Path, max_epochs: int, ckpt_path: str | None = None, logger=False)
         logger=logger,
         callbacks=[tracker],
         default_root_dir=root,
-        num_sanity_val_steps=1,
+        num_sanity_val_steps=sanity_steps,
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
@@ -80,3 +82,18 @@ def test_resumed_run_keeps_the_best_so_far(tmp_path: Path) -> None:
     assert (resumed.best_epoch, resumed.best_value) == (1, 30.0)
     assert resumed.wall_time >= first.wall_time
     assert json.loads((tmp_path / "best.json").read_text())["epochs_run"] == 4
+
+
+def test_full_sanity_check_is_the_untrained_baseline(tmp_path: Path, capsys) -> None:
+    """With num_sanity_val_steps=-1 the sanity check scores the untrained model: kept and printed."""
+    tracker = fit(tmp_path, max_epochs=2, sanity_steps=-1)
+    assert tracker.initial_value == 99.0 and tracker.best_value == 30.0
+    summary = json.loads((tmp_path / "best.json").read_text())
+    assert summary["initial_val_miou"] == 99.0
+    assert "untrained model 99.00 -> best 30.00 (epoch 1)" in capsys.readouterr().out
+
+
+def test_partial_sanity_check_is_no_baseline(tmp_path: Path) -> None:
+    tracker = fit(tmp_path, max_epochs=1, sanity_steps=1)
+    assert tracker.initial_value is None
+    assert json.loads((tmp_path / "best.json").read_text())["initial_val_miou"] is None
