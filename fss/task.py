@@ -9,7 +9,10 @@ options so that configs and the CLI can say ``--model.net hsnet --model.masking 
   loss for monitoring, and the metrics of ``fss.metrics.FewShotIoU``. With
   ``use_original_imgsize`` batches (an ``org_query_mask`` key), each episode is predicted and
   scored at its original mask size;
-* optimizer: Adam over the learner only; the backbone is frozen and stays in eval mode.
+* optimizer: Adam (default, HSNet/ASNet) or AdamW (VAT) over the learner's trainable parameters
+  only; the backbone is frozen and stays in eval mode. ``decoder_lr`` gives the parameters whose
+  name contains ``decoder`` their own group (VAT's recipe); ``scheduler: cosine`` anneals every
+  group from its lr to ``min_lr`` over ``trainer.max_epochs`` epochs, stepped once per epoch.
 
 Logged keys: ``{train,val,test}/loss`` (epoch means), ``{train,val,test}/miou`` and
 ``{train,val,test}/fbiou`` (computed over the epoch), and ``train/loss_step``.
@@ -17,19 +20,24 @@ Logged keys: ``{train,val,test}/loss`` (epoch means), ``{train,val,test}/miou`` 
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor
 
 from fss.metrics import IGNORE_INDEX, FewShotIoU
-from fss.models import build_model
+from fss.models import MODELS, FewShotSegmenter, build_model
 from fss.models.base import aggregate_shots
 
 Stage = Literal["train", "val", "test"]
+
+#: constructor arguments that the task sets itself (never through ``net_options``)
+TASK_NET_ARGS = ("backbone", "masking", "weights")
 
 # Lightning warns about submodules left in eval mode at the start of fit: the frozen backbone is,
 # on purpose (its BatchNorm statistics must not move).
@@ -64,14 +72,24 @@ class FewShotSegmentationTask(pl.LightningModule):
         backbone: ``resnet50`` | ``resnet101`` (or ``resnet18`` | ``resnet34`` for small runs).
         masking: support masking strategy: ``fm`` | ``im`` | ``hm`` | ``hm_add`` | ``hm_reverse``.
         weights: backbone weights: ``imagenet``, a torchvision state_dict path, or null (random).
-        lr: Adam learning rate (the references use 1e-3).
+        lr: learning rate (HSNet and ASNet: 1e-3 with Adam; VAT: 5e-4 with AdamW).
         kshot_rule: how K > 1 shots are combined at evaluation: ``vote`` (reference) or ``mean``.
         num_classes: width of the metric state (global class ids must be below it); the CLI
             links it from the data module's ``num_classes``.
         fg_weight: weight of the foreground class in the loss (1.0 = the references' plain CE).
-        net_options: extra keyword arguments of the model's constructor (model specific).
+        net_options: extra keyword arguments of the model's constructor (model specific, e.g.
+            VAT's ``benchmark``, ``feature_size``, ``gradient_checkpointing``); an unknown key is
+            an error that lists the valid ones.
         pretrained: path of a reference or published checkpoint loaded into the network with
             ``load_reference_state_dict`` (e.g. to test the authors' weights).
+        optimizer: ``adam`` (HSNet, ASNet references) or ``adamw`` (VAT reference).
+        weight_decay: weight decay of every parameter group (0 in all three references; Adam's is
+            an L2 penalty, AdamW's is decoupled).
+        decoder_lr: learning rate of the learner parameters whose name contains ``decoder`` (VAT's
+            second parameter group); None: one group at ``lr``.
+        scheduler: ``none`` (constant lr, all references' shipped configs) or ``cosine``
+            (``CosineAnnealingLR`` with ``T_max = trainer.max_epochs``, stepped per epoch).
+        min_lr: the cosine schedule's final learning rate (``eta_min``; VAT's 1e-6).
     """
 
     def __init__(
@@ -86,14 +104,28 @@ class FewShotSegmentationTask(pl.LightningModule):
         fg_weight: float = 1.0,
         net_options: dict[str, Any] | None = None,
         pretrained: str | None = None,
+        optimizer: Literal["adam", "adamw"] = "adam",
+        weight_decay: float = 0.0,
+        decoder_lr: float | None = None,
+        scheduler: Literal["none", "cosine"] = "none",
+        min_lr: float = 1e-6,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if fg_weight <= 0:
             raise ValueError(f"model.fg_weight must be positive, got {fg_weight}")
-        self.net = build_model(
-            net, backbone=backbone, masking=masking, weights=weights, **(net_options or {})
-        )
+        if optimizer not in ("adam", "adamw"):
+            raise ValueError(f"model.optimizer must be 'adam' or 'adamw', got {optimizer!r}")
+        if scheduler not in ("none", "cosine"):
+            raise ValueError(f"model.scheduler must be 'none' or 'cosine', got {scheduler!r}")
+        for name, value in (("lr", lr), ("decoder_lr", decoder_lr), ("min_lr", min_lr)):
+            if value is not None and value < 0:
+                raise ValueError(f"model.{name} must be non-negative, got {value}")
+        if weight_decay < 0:
+            raise ValueError(f"model.weight_decay must be non-negative, got {weight_decay}")
+        net_options = dict(net_options or {})
+        check_net_options(net, net_options)
+        self.net = build_model(net, backbone=backbone, masking=masking, weights=weights, **net_options)
         if pretrained is not None:
             self.net.load_reference_state_dict(pretrained)
         class_weight = None if fg_weight == 1.0 else torch.tensor([1.0, fg_weight])
@@ -188,6 +220,65 @@ class FewShotSegmentationTask(pl.LightningModule):
         self._log_epoch_metrics("test")
 
     # -- optimisation ------------------------------------------------------------------------
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam over the learner's parameters (the backbone is frozen)."""
-        return torch.optim.Adam(self.net.learner.parameters(), lr=self.hparams.lr)
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The learner's trainable parameters, in one group at ``lr``, or two with ``decoder_lr``.
+
+        Only parameters with ``requires_grad`` are included (the backbone is frozen, and VAT
+        freezes the few learner parameters its forward never uses). With ``decoder_lr`` the
+        first group holds every parameter whose name (relative to the learner) does not contain
+        ``decoder``, the second those that do, as the VAT reference splits them.
+        """
+        hp = self.hparams
+        named = [(n, p) for n, p in self.net.learner.named_parameters() if p.requires_grad]
+        if hp.decoder_lr is None:
+            return [{"params": [p for _, p in named], "lr": hp.lr, "name": "learner"}]
+        decoder = [p for n, p in named if "decoder" in n]
+        others = [p for n, p in named if "decoder" not in n]
+        if not decoder:
+            raise ValueError(
+                f"model.decoder_lr is set but no trainable parameter of the {hp.net} learner has "
+                "'decoder' in its name; leave model.decoder_lr null"
+            )
+        return [
+            {"params": others, "lr": hp.lr, "name": "learner"},
+            {"params": decoder, "lr": hp.decoder_lr, "name": "decoder"},
+        ]
+
+    def configure_optimizers(self) -> torch.optim.Optimizer | OptimizerLRSchedulerConfig:
+        """Adam or AdamW over :meth:`param_groups`, with the optional per-epoch cosine schedule."""
+        hp = self.hparams
+        optimizer_cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_cls(self.param_groups(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler == "none":
+            return optimizer
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is None or max_epochs < 1:
+            raise ValueError(
+                "model.scheduler: cosine anneals over trainer.max_epochs epochs; set trainer.max_epochs "
+                f"(got {max_epochs})"
+            )
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs, eta_min=hp.min_lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+
+def check_net_options(net: str, net_options: dict[str, Any]) -> None:
+    """Raise a ValueError naming ``model.net_options`` when a key is not an option of ``net``'s constructor.
+
+    ``backbone``, ``masking`` and ``weights`` are rejected too: they are the task's own options
+    (``model.backbone`` etc.). Unknown model names are left to :func:`fss.models.build_model`.
+    """
+    cls: type[FewShotSegmenter] | None = MODELS.get(net)
+    if cls is None:
+        return
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [name for name in params if name not in TASK_NET_ARGS and name != "self"]
+    for key in net_options:
+        if key in TASK_NET_ARGS:
+            raise ValueError(f"model.net_options: set {key!r} with model.{key}, not in net_options")
+        if key not in params:
+            raise ValueError(
+                f"model.net_options: {key!r} is not an option of {cls.__name__} (model.net: {net}); "
+                f"valid keys: {', '.join(valid) or 'none'}"
+            )
