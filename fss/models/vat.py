@@ -302,7 +302,7 @@ class VAT(FewShotSegmenter):
         if benchmark not in FEATURE_AFFINITY:
             raise ValueError(
                 f"unknown VAT benchmark {benchmark!r}: choose one of {', '.join(FEATURE_AFFINITY)} "
-                "(option model.net.init_args.benchmark)"
+                "(option model.net_options.benchmark)"
             )
         if feature_size < 8 or feature_size % 8:
             raise ValueError(
