@@ -47,6 +47,11 @@ from fss.task import FewShotSegmentationTask
 #: arguments (list[str]) and returns an exit code (or None). Add a command with one line here.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("fss.data.check:main", "dataset tools: fss data check --config X.yaml"),
+    "study": ("fss.study:main", "convergence-speed study: fss study --config configs/study_demo.yaml"),
+    "pretrain": (
+        "fss.pretrain:main",
+        "train a backbone on the synthetic training classes: fss pretrain --config configs/pretrain_synthetic.yaml",
+    ),
 }
 
 

@@ -1,0 +1,281 @@
+"""``fss study``: a tiny real study (2 variants, 1 fold, 1 seed, 64 px, 2 epochs) run in-process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fss import study as study_mod
+from fss.cli import main as fss_main
+from fss.study import Study, epoch_reaching, read_curve, summarize
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: overrides of configs/demo.yaml that make a run take a couple of seconds
+TINY_OVERRIDES = {
+    "data.init_args.img_size": 64,
+    "data.init_args.batch_size": 2,
+    "data.init_args.train_episodes": 4,
+    "data.init_args.val_episodes": 2,
+    "data.init_args.test_episodes": 4,
+    "trainer.max_epochs": 2,
+    "trainer.accelerator": "cpu",
+    "trainer.num_sanity_val_steps": 0,
+    "trainer.enable_progress_bar": False,
+    "trainer.enable_model_summary": False,
+    "trainer.log_every_n_steps": 1,
+}
+
+
+def write_tiny_study(directory: Path, wandb: bool = True) -> Path:
+    """A study config over configs/demo.yaml: masking fm and hm, fold 0, seed 0; returns its path."""
+    config = {
+        "name": "tiny",
+        "base": str(REPO / "configs" / "demo.yaml"),
+        "output_dir": str(directory / "study"),
+        "sweep": {"model.masking": ["fm", "hm"]},
+        "folds": [0],
+        "seeds": [0],
+        "overrides": TINY_OVERRIDES,
+        "wandb": {"project": "fss-test", "offline": True} if wandb else False,
+    }
+    path = directory / "tiny_study.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_tiny_study(directory: Path, wandb: bool = True) -> Path:
+    """Run the tiny study in-process; return the study directory."""
+    config = write_tiny_study(directory, wandb)
+    argv = sys.argv
+    try:
+        assert study_mod.main(["--config", str(config), "--launcher", "inprocess"]) == 0
+    finally:
+        sys.argv = argv
+    return directory / "study"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_SILENT", "true")
+        return run_tiny_study(tmp_path_factory.mktemp("study"))
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_study_writes_tables_plot_and_per_class_iou(tiny: Path) -> None:
+    rows = read_rows(tiny / "runs.csv")
+    assert [(r["variant"], r["fold"], r["seed"], r["status"]) for r in rows] == [
+        ("fm", "0", "0", "done"),
+        ("hm", "0", "0", "done"),
+    ]
+    for row in rows:
+        assert row["best_epoch"] in ("0", "1") and row["epochs_run"] == "2"
+        assert 0 <= float(row["test_miou"]) <= 100 and 0 <= float(row["test_fbiou"]) <= 100
+        assert float(row["wall_time_s"]) > 0 and row["epoch_95"] in ("0", "1")
+        run = Path(row["run_dir"])
+        assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+        assert len(read_curve(run / "fit" / "metrics.csv")) == 2  # val mIoU of epochs 0 and 1
+        assert list((run / "wandb").glob("offline-run-*")), "no offline W&B run"
+        # the test run scored the best checkpoint, on the held-out fold's classes only
+        results = json.loads((run / "test" / "test_results.json").read_text())
+        assert results["test_miou"] == pytest.approx(float(row["test_miou"]))
+        fold0 = {f"{name}" for name in _fold_class_names(0)}
+        assert results["per_class_iou"] and set(results["per_class_iou"]) <= fold0
+    summary = read_rows(tiny / "summary.csv")
+    assert [(r["variant"], r["fold"]) for r in summary] == [
+        ("fm", "0"),
+        ("fm", "mean"),
+        ("hm", "0"),
+        ("hm", "mean"),
+    ]
+    markdown = (tiny / "study.md").read_text()
+    assert "## Number of best epochs" in markdown and "| method | fold0 | mean |" in markdown
+    assert "| fm |" in markdown and "| hm |" in markdown and "Runs finished: 2/2" in markdown
+    assert (tiny / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    per_class = read_rows(tiny / "per_class_iou.csv")
+    assert {r["variant"] for r in per_class} == {"fm", "hm"}
+
+
+def _fold_class_names(fold: int) -> list[str]:
+    from fss.data.synthetic import CLASS_NAMES, SyntheticFSS
+
+    return [CLASS_NAMES[c] for c in SyntheticFSS.split_class_ids("val", fold)]
+
+
+@pytest.mark.slow
+def test_resume_skips_finished_runs_and_restarts_interrupted_ones(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = Study.from_file(tiny.parent / "tiny_study.yaml")
+    fm, hm = study.runs()
+    calls: list[list[str]] = []
+    real_execute = study_mod._execute
+
+    def spy(args: list[str], launcher: str, log: Path) -> None:
+        calls.append(list(args))
+        real_execute(args, launcher, log)
+
+    monkeypatch.setattr(study_mod, "_execute", spy)
+    monkeypatch.setattr(sys, "argv", ["fss"])
+    # every run finished: nothing is executed
+    assert study_mod.run_study(study, "inprocess") == {fm.name: "skipped", hm.name: "skipped"}
+    assert calls == []
+    # hm "interrupted" during fit: no best.json, no test results, but its last.ckpt is there
+    (hm.root / "fit" / "best.json").unlink()
+    (hm.test_dir / "test_results.json").unlink()
+    epochs_before = hm.curve()
+    assert sorted(epochs_before) == [0, 1]
+    statuses = study_mod.run_study(study, "inprocess")
+    assert statuses == {fm.name: "skipped", hm.name: "resumed"}
+    assert [c[0] for c in calls] == ["fit", "test"]
+    fit_args = calls[0]
+    assert fit_args[fit_args.index("--ckpt_path") + 1] == str(hm.last_ckpt)
+    assert "--model.masking" in fit_args and fit_args[fit_args.index("--model.masking") + 1] == "hm"
+    assert hm.fit_done and hm.test_done
+    # the resumed fit logs into fit-resume1/; the curve joins both directories
+    assert [d.name for d in hm.fit_dirs] == ["fit", "fit-resume1"]
+    assert hm.best_json == hm.root / "fit-resume1" / "best.json"
+    assert json.loads(hm.best_json.read_text())["epochs_run"] == 2
+    assert hm.curve() == epochs_before
+
+
+def test_emit_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_tiny_study(tmp_path)
+    assert study_mod.main(["--config", str(config), "--emit-commands"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2  # one line per run
+    for masking, line in zip(["fm", "hm"], lines):
+        fit, test = line.split(" && ")
+        fit_args, test_args = shlex.split(fit), shlex.split(test)
+        assert fit_args[:2] == ["fss", "fit"] and test_args[:2] == ["fss", "test"]
+        root = tmp_path / "study" / "runs" / masking / "fold0-seed0"
+        for args in (fit_args, test_args):
+            assert args[args.index("--model.masking") + 1] == masking
+            assert args[args.index("--trainer.default_root_dir") + 1] == str(root)
+            assert args[args.index("--seed_everything") + 1] == "0"
+            loggers = json.loads(args[args.index("--trainer.logger") + 1])
+            assert loggers[0]["init_args"]["save_dir"] == str(root)
+            wandb = loggers[1]
+            assert wandb["class_path"].endswith("WandbLogger") and wandb["dict_kwargs"]["group"] == "tiny"
+            assert masking in wandb["dict_kwargs"]["tags"]
+        assert test_args[test_args.index("--ckpt_path") + 1] == str(root / "checkpoints" / "best.ckpt")
+    assert not (tmp_path / "study" / "runs").exists()  # nothing was run
+    # --dry-run is the same, --run-index selects
+    assert study_mod.main(["--config", str(config), "--dry-run", "--run-index", "1"]) == 0
+    assert capsys.readouterr().out.strip().splitlines() == lines[1:]
+
+
+@pytest.mark.parametrize(("name", "runs"), [("study_demo.yaml", 12), ("study_coco_hsnet.yaml", 8)])
+def test_shipped_study_configs_give_valid_fit_commands(
+    name: str, runs: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", ["fss"])
+    study = Study.from_file(REPO / "configs" / name)
+    assert len(study.runs()) == runs
+    first, last = study.runs()[0], study.runs()[-1]
+    for run in (first, last):
+        with pytest.raises(SystemExit) as exit_info:
+            fss_main([*study.args(run, "fit"), "--print_config"])
+        assert exit_info.value.code == 0, capsys.readouterr().err
+        printed = yaml.safe_load(capsys.readouterr().out)
+        for option, value in run.options.items():
+            section, key = option.split(".")
+            assert printed[section][key] == value
+    if name == "study_demo.yaml":
+        assert {r.options["model.weights"] for r in study.runs()} == {
+            None,
+            "runs/pretrain_synthetic/resnet18_fold0.pth",
+        }
+        assert study.pretrain is not None
+        from fss.pretrain import output_path
+
+        assert str(output_path(study.pretrain)) == "runs/pretrain_synthetic/resnet18_fold0.pth"
+
+
+def test_config_errors_name_the_file_and_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbase: demo.yaml\nsweeps: {model.masking: [fm]}\n")
+    assert study_mod.main(["--config", str(bad), "--emit-commands"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "sweeps" in err
+    bad.write_text("name: x\nbase: nowhere.yaml\n")
+    assert study_mod.main(["--config", str(bad), "--emit-commands"]) == 2
+    assert "nowhere.yaml" in capsys.readouterr().err
+
+
+def test_summary_statistics_and_epoch_95(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text(
+        "epoch,step,train/loss,val/miou\n0,3,0.9,\n0,3,,10.0\n1,7,,40.0\n1,7,,41.0\n2,11,,39.5\n3,15,,42.0\n"
+    )
+    curve = read_curve(metrics)
+    assert curve == {0: 10.0, 1: 41.0, 2: 39.5, 3: 42.0}  # the last value of an epoch wins
+    assert epoch_reaching(curve) == 1  # 41 >= 0.95 * 42
+    assert epoch_reaching(curve, 1.0) == 3 and epoch_reaching({}) is None
+    records = [
+        {"variant": "hm", "fold": 0, "seed": s, "status": "done", "best_epoch": e, "epoch_95": e,
+         "best_val_miou": m, "test_miou": m, "test_fbiou": m, "wall_time_s": 1.0}
+        for s, e, m in [(0, 3, 40.0), (1, 5, 44.0)]
+    ]  # fmt: skip
+    (row, mean_row) = summarize(records, [0])
+    assert row["fold"] == "0" and mean_row["fold"] == "mean" and row["runs"] == 2
+    assert row["best_epoch_mean"] == 4.0 and row["best_epoch_std"] == pytest.approx(2**0.5)
+    assert row["test_miou_mean"] == 42.0
+
+
+def test_pretrain_runs_first_once_when_its_output_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "bb.pth"
+    pretrain_config = tmp_path / "pretrain.yaml"
+    pretrain_config.write_text(f"output: {output}\nsteps: 1\n")
+    config = write_tiny_study(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**raw, "pretrain": "pretrain.yaml"}))  # relative to the study file
+    assert study_mod.main(["--config", str(config), "--emit-commands"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"# first, once: fss pretrain --config {pretrain_config}"
+    calls: list[list[str]] = []
+    monkeypatch.setattr(study_mod, "_execute", lambda args, launcher, log: calls.append(list(args)))
+    study = Study.from_file(config)
+    assert study_mod.run_study(study, "inprocess", indices=[]) == {}
+    assert calls == [["pretrain", "--config", str(pretrain_config)]]
+    output.write_bytes(b"")  # the backbone exists now: no second pretraining
+    study_mod.run_study(study, "inprocess", indices=[])
+    assert len(calls) == 1
+
+
+def test_embedded_base_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    config = tmp_path / "embedded.yaml"
+    config.write_text(
+        yaml.safe_dump({"name": "emb", "base": base, "output_dir": str(tmp_path / "out"), "wandb": False})
+    )
+    study = Study.from_file(config)
+    assert study.base_config == tmp_path / "out" / "base_config.yaml"
+    assert yaml.safe_load(study.base_config.read_text()) == base
+    assert [name for name, _ in study.variants] == ["fm", "im", "hm"]  # the default sweep
+    fit_args = study.args(study.runs()[0], "fit")
+    loggers = json.loads(fit_args[fit_args.index("--trainer.logger") + 1])
+    assert [logger["class_path"].rsplit(".", 1)[-1] for logger in loggers] == ["CSVLogger"]  # wandb: false
+    monkeypatch.setattr(sys, "argv", ["fss"])
+    with pytest.raises(SystemExit) as exit_info:
+        fss_main([*fit_args, "--print_config"])
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    assert "masking: fm" in capsys.readouterr().out
