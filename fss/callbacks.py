@@ -96,9 +96,10 @@ class BestEpochTracker(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_clock()
+        log_dir = trainer.log_dir  # a collective under DDP: every process must ask
         if not trainer.is_global_zero:
             return
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        run_dir = Path(log_dir or trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         summary = {
             "best_epoch": self.best_epoch,

@@ -205,9 +205,9 @@ class FewShotSegmentationTask(pl.LightningModule):
     def _log_epoch_metrics(self, stage: Stage) -> None:
         metric = self.metric(stage)
         values = metric.compute()  # every process calls it: it is a collective under DDP
-        # the values are already global; sync_dist only averages equal numbers (and keeps Lightning quiet)
-        self.log(f"{stage}/miou", values["miou"], prog_bar=stage != "train", sync_dist=True)
-        self.log(f"{stage}/fbiou", values["fbiou"], sync_dist=True)
+        # the values are identical on every process; "max" returns them bit for bit (a mean may not)
+        self.log(f"{stage}/miou", values["miou"], prog_bar=stage != "train", sync_dist=True, reduce_fx="max")
+        self.log(f"{stage}/fbiou", values["fbiou"], sync_dist=True, reduce_fx="max")
         metric.reset()
 
     def on_train_epoch_end(self) -> None:

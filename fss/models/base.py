@@ -80,6 +80,8 @@ class FewShotSegmenter(nn.Module):
     first_layer: ClassVar[int] = 2
     #: per-model meaning of a masking name, e.g. ASNet's "fm" is its reference's attention-only masking
     masking_overrides: ClassVar[dict[str, type[SupportMasking]]] = {}
+    #: on CPU, run the learner on this many query/support pairs at a time (None: all at once)
+    cpu_learner_chunk: ClassVar[int | None] = 1
 
     def __init__(
         self,
@@ -160,9 +162,33 @@ class FewShotSegmenter(nn.Module):
         query_feats, support_feats = self.extract_features(query_img, support_imgs, support_masks)
         if shots > 1:  # computed once, repeated for each shot's correlation
             query_feats = [f.repeat_interleave(shots, dim=0) for f in query_feats]
-        logits = self.predict_logits(query_feats, support_feats, support_masks.flatten(0, 1).float())
+        logits = self._learner_logits(query_feats, support_feats, support_masks.flatten(0, 1).float())
         logits = F.interpolate(logits, query_img.shape[-2:], mode="bilinear", align_corners=True)
         return logits.view(batch, shots, *logits.shape[1:])
+
+    def _learner_logits(
+        self, query_feats: list[Tensor], support_feats: list[Tensor], masks: Tensor
+    ) -> Tensor:
+        """``predict_logits`` on all N pairs at once, or on CPU in chunks of ``cpu_learner_chunk`` pairs.
+
+        The learners treat every pair on its own (GroupNorm / LayerNorm, no batch statistics), so
+        chunking changes no value. On a CPU the correlations of many pairs at once spill out of the
+        caches: at 400 px, 5 pairs one by one took 3.75 s against 4.49 s together (docs/performance.md).
+        """
+        n = masks.shape[0]
+        chunk = self.cpu_learner_chunk
+        if masks.device.type != "cpu" or not chunk or n <= chunk:
+            return self.predict_logits(query_feats, support_feats, masks)
+        return torch.cat(
+            [
+                self.predict_logits(
+                    [f[i : i + chunk] for f in query_feats],
+                    [f[i : i + chunk] for f in support_feats],
+                    masks[i : i + chunk],
+                )
+                for i in range(0, n, chunk)
+            ]
+        )
 
     def forward(self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor) -> Tensor:
         """Logits [B, 2, H, W]; with K > 1 shots, the mean of the per-shot logits."""

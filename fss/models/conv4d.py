@@ -53,4 +53,6 @@ class CenterPivotConv4d(nn.Module):
         out2 = self.conv2(x.permute(0, 2, 3, 1, 4, 5).reshape(-1, inch, hb, wb))
         ohb, owb = out2.shape[-2:]
         out2 = out2.view(bsz, ha, wa, outch, ohb, owb).permute(0, 3, 1, 2, 4, 5)
-        return (out1 + out2).contiguous()
+        # one contiguous copy of a branch, then an in-place add: ~4x faster on CPU than adding the two
+        # permuted views (the sum comes out permuted) and copying the sum (docs/performance.md)
+        return out1.contiguous().add_(out2)

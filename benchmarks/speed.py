@@ -1,0 +1,290 @@
+"""Speed benchmark of the few-shot segmenters: inference per episode, training step, peak memory.
+
+For each model (HSNet, ASNet, VAT) and masking (FM, HM) it times
+
+* ``infer_1shot`` / ``infer_5shot``: one episode through ``predict_mask`` (inference mode, k-shot vote);
+* ``train_step``: forward + cross-entropy + backward + Adam step on a batch of 1-shot episodes;
+
+as the median of ``--repeats`` runs after ``--warmup`` untimed ones. The configurations are
+interleaved (FM, HM, FM, HM, ...) inside every repeat, so a machine that slows down during the run
+slows all of them alike. It prints a table with HM's cost relative to FM side by side and writes
+everything (raw times included) to ``--out`` as JSON.
+
+On a GPU it uses CUDA events with synchronisation and reports the peak allocated memory of each
+configuration; on CPU the wall clock (``time.perf_counter``) and no memory figure.
+
+Examples::
+
+    python benchmarks/speed.py --out results.json                       # 400 px, ResNet-50, all models
+    python benchmarks/speed.py --quick --out quick.json                 # small CPU run (~minutes)
+    python benchmarks/speed.py --models hsnet --bf16 --out bf16.json    # GPU, bf16 autocast
+
+:func:`time_interleaved` and :func:`make_episode` are importable, e.g. to time another implementation
+(the public reference code) in the same process, alternating with ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fss.models import build_model
+from fss.models.base import FewShotSegmenter
+
+MODEL_NAMES = ("hsnet", "asnet", "vat")
+MASKINGS = ("fm", "hm")
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_once(fn: Callable[[], object], device: torch.device, clock: str = "wall") -> float:
+    """Seconds taken by ``fn()``: CUDA events around it on a GPU, else the ``clock``.
+
+    ``clock="process"`` (CPU only) counts the CPU time of this process instead of the wall clock:
+    on a machine shared with other jobs it does not count the time spent waiting for a core, so
+    single-thread timings stay comparable (with several threads it adds up their times).
+    """
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    timer = {"wall": time.perf_counter, "process": time.process_time}[clock]
+    start_s = timer()
+    fn()
+    return timer() - start_s
+
+
+def time_interleaved(
+    cases: dict[str, Callable[[], object]],
+    device: torch.device,
+    repeats: int = 5,
+    warmup: int = 1,
+    clock: str = "wall",
+) -> dict[str, list[float]]:
+    """Run every case ``warmup`` times, then ``repeats`` rounds of all cases in turn; seconds per run.
+
+    Interleaving keeps slow phases of a shared machine from favouring whichever case ran last.
+    """
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            times[name].append(time_once(fn, device, clock))
+    return times
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Peak allocated bytes during ``fn()`` on a GPU (None on CPU, where PyTorch does not track it)."""
+    if device.type != "cuda":
+        return None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def make_episode(
+    batch: int, shots: int, size: int, device: torch.device, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Random normalised images with a box mask: query [B,3,S,S], supports [B,K,3,S,S], masks [B,K,S,S], target [B,S,S]."""
+    gen = torch.Generator().manual_seed(seed)
+    query = torch.randn(batch, 3, size, size, generator=gen)
+    supports = torch.randn(batch, shots, 3, size, size, generator=gen)
+    masks = torch.zeros(batch, shots, size, size)
+    masks[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    target = torch.zeros(batch, size, size, dtype=torch.long)
+    target[:, size // 3 : 2 * size // 3, size // 3 : 2 * size // 3] = 1
+    return query.to(device), supports.to(device), masks.to(device), target.to(device)
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when ``bf16``, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def inference_fn(model: FewShotSegmenter, episode: tuple[Tensor, ...], bf16: bool) -> Callable[[], Tensor]:
+    """One call of ``predict_mask`` (inference mode, vote rule) on ``episode``."""
+    query, supports, masks, _ = episode
+    device = query.device
+
+    def run() -> Tensor:
+        with autocast(device, bf16):
+            return model.predict_mask(query, supports, masks)
+
+    return run
+
+
+def train_step_fn(model: FewShotSegmenter, episode: tuple[Tensor, ...], bf16: bool) -> Callable[[], Tensor]:
+    """One optimisation step (forward, cross-entropy, backward, Adam on the learner) on ``episode``."""
+    query, supports, masks, target = episode
+    optimizer = torch.optim.Adam(model.learner.parameters(), lr=1e-3)
+    device = query.device
+
+    def run() -> Tensor:
+        model.train()
+        with autocast(device, bf16):
+            logits = model(query, supports, masks)
+            loss = F.cross_entropy(logits.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        model.eval()
+        return loss.detach()
+
+    return run
+
+
+def build(name: str, masking: str, backbone: str, device: torch.device, vat_feature_size: int | None):
+    """A random-init model (no downloads) in eval mode on ``device``."""
+    torch.manual_seed(0)
+    kwargs = {"backbone": backbone, "masking": masking, "weights": None}
+    if name == "vat" and vat_feature_size is not None:
+        kwargs["feature_size"] = vat_feature_size
+    return build_model(name, **kwargs).to(device).eval()
+
+
+def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, dict]:
+    """All measurements of one model with each masking; ``{masking: {measure: {...}}}``."""
+    models = {m: build(name, m, args.backbone, device, args.vat_feature_size) for m in args.maskings}
+    episodes = {k: make_episode(1, k, args.img_size, device) for k in args.shots}
+    train_episode = make_episode(args.train_batch, 1, args.img_size, device, seed=1)
+    measures: dict[str, dict[str, Callable[[], object]]] = {}
+    for k in args.shots:
+        measures[f"infer_{k}shot"] = {m: inference_fn(models[m], episodes[k], args.bf16) for m in models}
+    if not args.no_train:
+        measures["train_step"] = {m: train_step_fn(models[m], train_episode, args.bf16) for m in models}
+    results: dict[str, dict] = {m: {} for m in models}
+    for measure, cases in measures.items():
+        times = time_interleaved(cases, device, repeats=args.repeats, warmup=args.warmup, clock=args.clock)
+        for masking, fn in cases.items():
+            results[masking][measure] = {
+                "median_s": statistics.median(times[masking]),
+                "times_s": times[masking],
+                "peak_mem_bytes": peak_memory(fn, device),
+            }
+        print(
+            f"  {name} {measure}: " + ", ".join(f"{m} {statistics.median(t):.4f}s" for m, t in times.items())
+        )
+    return results
+
+
+def report(results: dict[str, dict]) -> str:
+    """The table: median seconds per measure and masking, HM / FM side by side, peak memory (MiB)."""
+    lines = [
+        f"{'model':<7}{'measure':<13}"
+        + "".join(f"{m:>11}" for m in MASKINGS)
+        + f"{'hm/fm':>8}{'mem fm/hm MiB':>18}"
+    ]
+    for name, per_masking in results.items():
+        measures = next(iter(per_masking.values())).keys()
+        for measure in measures:
+            row = f"{name:<7}{measure:<13}"
+            medians = {}
+            for m in MASKINGS:
+                entry = per_masking.get(m, {}).get(measure)
+                medians[m] = entry["median_s"] if entry else None
+                row += f"{medians[m]:>10.4f}s" if entry else f"{'-':>11}"
+            ratio = medians["hm"] / medians["fm"] if medians.get("fm") and medians.get("hm") else None
+            row += f"{ratio:>8.2f}" if ratio else f"{'-':>8}"
+            mems = [per_masking.get(m, {}).get(measure, {}).get("peak_mem_bytes") for m in MASKINGS]
+            row += f"{'/'.join('-' if b is None else f'{b / 2**20:.0f}' for b in mems):>18}"
+            lines.append(row)
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
+    parser.add_argument("--maskings", nargs="+", default=list(MASKINGS), choices=MASKINGS)
+    parser.add_argument("--img-size", type=int, default=400, help="square image side (default 400)")
+    parser.add_argument("--backbone", default="resnet50", help="resnet50 | resnet101 | resnet18 | resnet34")
+    parser.add_argument("--shots", nargs="+", type=int, default=[1, 5], help="k of the inference episodes")
+    parser.add_argument("--train-batch", type=int, default=2, help="1-shot episodes per training step")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per configuration (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per configuration first")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--bf16", action="store_true", help="run under bf16 autocast")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "process"),
+        default="wall",
+        help="CPU timer: wall clock, or this process's CPU time (steadier on a shared machine with --threads 1)",
+    )
+    parser.add_argument("--no-train", action="store_true", help="skip the training step")
+    parser.add_argument(
+        "--vat-feature-size", type=int, default=None, help="VAT's learner feature size (default: the model's)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small CPU run: 128 px, 3 repeats, training batch 1, VAT feature size 8 (unless given)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        defaults = parser.parse_args([])
+        args.img_size = 128 if args.img_size == defaults.img_size else args.img_size
+        args.repeats = 3 if args.repeats == defaults.repeats else args.repeats
+        args.train_batch = 1 if args.train_batch == defaults.train_batch else args.train_batch
+        args.vat_feature_size = args.vat_feature_size or 8
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    print(
+        f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{args.backbone} at {args.img_size} px, bf16 {args.bf16}, repeats {args.repeats}, clock {args.clock}"
+    )
+    results = {name: benchmark_model(name, args, device) for name in args.models}
+    print(report(results))
+    out = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "environment": {
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "results": results,
+    }
+    if args.out is not None:
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

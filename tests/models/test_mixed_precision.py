@@ -1,0 +1,47 @@
+"""Mixed precision: every model runs under bf16 autocast, and the correlation stays in float32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fss.models import build_model
+from fss.models.correlation import cosine_correlation
+
+#: tiny, fast instances (VAT's learner at feature_size 8 as in tests/models/test_vat.py)
+MODELS = {
+    "hsnet": {"backbone": "resnet18"},
+    "asnet": {"backbone": "resnet18"},
+    "vat": {"backbone": "resnet50", "benchmark": "coco", "feature_size": 8},
+}
+
+
+def test_correlation_is_float32_and_close_to_fp32_under_autocast() -> None:
+    gen = torch.Generator().manual_seed(0)
+    query, support = torch.randn(2, 64, 6, 6, generator=gen), torch.randn(2, 64, 5, 5, generator=gen)
+    reference = cosine_correlation(query, support)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # bf16 features, as a backbone under autocast hands them over
+        mixed = cosine_correlation(query.bfloat16(), support.bfloat16())
+    assert mixed.dtype == torch.float32 and mixed.shape == (2, 6, 6, 5, 5)
+    # only the bf16 rounding of the inputs (8 bits of mantissa) remains; a bf16 dot product is ~10x worse
+    torch.testing.assert_close(mixed, reference, atol=2e-2, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_forward_under_bf16_autocast(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, masking="hm", weights=None, **MODELS[name]).eval()
+    gen = torch.Generator().manual_seed(1)
+    query, supports = torch.randn(1, 3, 64, 64, generator=gen), torch.randn(1, 2, 3, 64, 64, generator=gen)
+    masks = torch.zeros(1, 2, 64, 64)
+    masks[..., 16:48, 16:48] = 1
+    with torch.no_grad():
+        reference = model.forward_shots(query, supports, masks).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model.forward_shots(query, supports, masks).float()
+    assert mixed.shape == reference.shape == (1, 2, 2, 64, 64)
+    assert torch.isfinite(mixed).all()
+    # bf16 keeps ~3 significant digits through the learner: same logits up to a few percent of their range
+    scale = reference.abs().max()
+    assert (mixed - reference).abs().max() < 0.1 * scale + 1e-3
