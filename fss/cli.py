@@ -98,6 +98,9 @@ class FSSCLI(LightningCLI):
         keeps it as given.
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.get("ckpt_path") and config.model.weights is not None:
+            # the checkpoint holds the backbone too: do not fetch ImageNet weights only to overwrite them
+            config.model.weights = None
         trainer = config.trainer
         if trainer.logger is False:
             return

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 import yaml
 
 from fss import cli
@@ -94,6 +95,27 @@ def test_evaluate_from_checkpoint(subcommand: str, fitted: Path, tmp_path: Path)
     rows = (run_dir(tmp_path) / "metrics.csv").read_text().splitlines()
     assert {f"{stage}/loss", f"{stage}/miou", f"{stage}/fbiou"} <= set(rows[0].split(","))
     assert len(rows) == 2
+
+
+@pytest.mark.slow
+def test_checkpoint_evaluation_fetches_no_imagenet_weights(
+    fitted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config asking for ImageNet weights still tests offline: the checkpoint holds the backbone."""
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("ImageNet weights were fetched although the checkpoint has the backbone")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", no_download)
+    # a checkpoint of a model trained from ImageNet weights (its hparams say so)
+    ckpt = torch.load(
+        run_dir(fitted) / "checkpoints" / "best-epoch=0.ckpt", map_location="cpu", weights_only=False
+    )
+    ckpt["hyper_parameters"]["weights"] = "imagenet"
+    torch.save(ckpt, tmp_path / "imagenet_trained.ckpt")
+    main(["test", "--config", DEMO, *TINY, "--model.weights", "imagenet", "--trainer.logger", "true",
+          "--trainer.default_root_dir", str(tmp_path / "run"), "--ckpt_path", str(tmp_path / "imagenet_trained.ckpt")])  # fmt: skip
+    assert "test/miou" in (run_dir(tmp_path / "run") / "metrics.csv").read_text()
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from fss.data.fss1000 import FSS1000DataModule, FSS1000Dataset
 from fss.data.pascal import Pascal5iDataset, PascalDataModule
 from fss.data.sampling import EpisodeSampler, episode_rng
 from fss.data.synthetic import SyntheticDataModule, SyntheticFSS
+from fss.data.user import UserDataError, UserPredictDataModule
 
 __all__ = [
     "COCO20iDataModule",
@@ -26,6 +27,8 @@ __all__ = [
     "EpisodicDataset",
     "SyntheticDataModule",
     "SyntheticFSS",
+    "UserDataError",
+    "UserPredictDataModule",
     "check_episode",
     "collate_episodes",
     "episode_rng",

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -46,8 +46,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from fss.data.episode import Episode, collate_episodes
 from fss.data.sampling import SPLIT_CODES, EpisodeSampler, decode_key, episode_rng, split_code
+from fss.data.transforms import mask_to_bbox
 
 SPLITS: tuple[str, ...] = tuple(SPLIT_CODES)
+
+#: how support masks are given to the model: full masks, or the filled bounding box of each mask
+SupportLabel = Literal["mask", "bbox"]
+SUPPORT_LABELS: tuple[str, ...] = ("mask", "bbox")
+
+
+def check_support_label(support_label: str, owner: str) -> None:
+    """Raise a ``ValueError`` naming ``owner`` unless ``support_label`` is ``mask`` or ``bbox``."""
+    if support_label not in SUPPORT_LABELS:
+        raise ValueError(f"{owner}: support_label must be 'mask' or 'bbox', got {support_label!r}")
 
 
 def contiguous_fold_class_ids(num_classes: int, num_folds: int, fold: int) -> list[int]:
@@ -69,11 +80,19 @@ class EpisodicDataset(Dataset[Episode], ABC):
         seed: the episode seed (see :func:`fss.data.sampling.episode_rng`).
         img_size: side S of the square images the model sees.
         use_original_imgsize: also return ``org_query_mask`` (the query mask at its original size).
+        support_label: ``mask`` (full support masks) or ``bbox``: every support mask is replaced by
+            the filled bounding box of its foreground (:func:`fss.data.transforms.mask_to_bbox`), the
+            weak-annotation setting. Only ``support_masks`` change, after ``make_episode``, so it
+            composes with any dataset and any masking strategy. Subclasses that do not take this
+            argument get it set as an attribute by :meth:`EpisodicDataModule.build_dataset`.
 
     ``dataset[key]`` decodes ``key`` into ``(epoch, index)`` (:func:`fss.data.sampling.decode_key`;
     keys below ``len(dataset)`` are epoch 0) and returns ``make_episode(rng, index)``. Validation and
     test episodes ignore the epoch, so they never change.
     """
+
+    #: ``mask`` or ``bbox`` (see the class docstring); a class default so subclasses need not forward it
+    support_label: str = "mask"
 
     #: total number of classes of the benchmark (size of the metric state)
     num_classes: ClassVar[int]
@@ -91,6 +110,7 @@ class EpisodicDataset(Dataset[Episode], ABC):
         seed: int = 0,
         img_size: int = 400,
         use_original_imgsize: bool = False,
+        support_label: SupportLabel = "mask",
     ) -> None:
         split_code(split)  # validates the name
         name = type(self).__name__
@@ -112,6 +132,8 @@ class EpisodicDataset(Dataset[Episode], ABC):
         self.seed = seed
         self.img_size = img_size
         self.use_original_imgsize = use_original_imgsize
+        check_support_label(support_label, name)
+        self.support_label = support_label
         self._num_episodes = num_episodes
         self.class_ids: list[int] = self.split_class_ids(split, fold)
 
@@ -154,13 +176,19 @@ class EpisodicDataset(Dataset[Episode], ABC):
 
     def __getitem__(self, key: int) -> Episode:
         epoch, index = decode_key(key, self.num_episodes)
-        return self.make_episode(self.rng(index, epoch), index)
+        return self.apply_support_label(self.make_episode(self.rng(index, epoch), index))
 
     def episode(self, index: int, epoch: int = 0) -> Episode:
         """Episode ``index`` of ``epoch`` (a convenience for notebooks and tests)."""
         if not 0 <= index < self.num_episodes:
             raise IndexError(f"episode index {index} out of range [0, {self.num_episodes})")
-        return self.make_episode(self.rng(index, epoch), index)
+        return self.apply_support_label(self.make_episode(self.rng(index, epoch), index))
+
+    def apply_support_label(self, episode: Episode) -> Episode:
+        """With ``support_label == "bbox"``, replace ``support_masks`` [K, H, W] by their filled boxes."""
+        if self.support_label == "bbox":
+            episode["support_masks"] = mask_to_bbox(episode["support_masks"])
+        return episode
 
     @abstractmethod
     def make_episode(self, rng: np.random.Generator, index: int) -> Episode:
@@ -189,6 +217,9 @@ class EpisodicDataModule(pl.LightningDataModule):
         seed: episode seed; changing it draws a different set of episodes.
         use_original_imgsize: val/test episodes also carry ``org_query_mask`` at the original size, to
             evaluate there (needs ``eval_batch_size=1``).
+        support_label: ``mask`` or ``bbox`` (every support mask replaced by its filled bounding box,
+            in all splits; see :class:`EpisodicDataset`). Subclasses expose it by taking
+            ``support_label: str = "mask"`` and passing it on to ``super().__init__``.
 
     After ``__init__``: ``num_classes`` (total classes, for the metric state), ``class_names`` and
     ``eval_class_ids`` (the held-out classes) are available without building any dataset.
@@ -210,9 +241,11 @@ class EpisodicDataModule(pl.LightningDataModule):
         test_episodes: int = 1000,
         seed: int = 0,
         use_original_imgsize: bool = False,
+        support_label: SupportLabel = "mask",
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        check_support_label(support_label, f"{name} (data.support_label)")
         num_folds = self.dataset_class.num_folds
         if not 0 <= fold < num_folds:
             raise ValueError(f"{name}: data.fold must be in [0, {num_folds}), got {fold}")
@@ -240,6 +273,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.test_episodes = test_episodes
         self.seed = seed
         self.use_original_imgsize = use_original_imgsize
+        self.support_label = support_label
         self.datasets: dict[str, EpisodicDataset] = {}
 
     # ----------------------------------------------------------------------------------- classes
@@ -274,7 +308,7 @@ class EpisodicDataModule(pl.LightningDataModule):
 
     def build_dataset(self, split: str) -> EpisodicDataset:
         """The dataset of ``split`` (override for datasets that need more than ``dataset_kwargs``)."""
-        return self.dataset_class(
+        dataset = self.dataset_class(
             split=split,
             fold=self.fold,
             shot=self.shot,
@@ -284,6 +318,9 @@ class EpisodicDataModule(pl.LightningDataModule):
             use_original_imgsize=self.use_original_imgsize and split != "train",
             **self.dataset_kwargs(),
         )
+        # set, not passed: dataset classes need not take the argument (the base class handles it)
+        dataset.support_label = getattr(self, "support_label", "mask")
+        return dataset
 
     def setup(self, stage: str | None = None) -> None:
         """Build only the datasets ``stage`` needs (fit: train+val, validate: val, test/predict: test)."""

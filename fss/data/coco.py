@@ -43,7 +43,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from fss.data.base import EpisodicDataModule
+from fss.data.base import EpisodicDataModule, SupportLabel
 from fss.data.common import (
     DatasetLayoutError,
     ImageEpisodeDataset,
@@ -413,6 +413,7 @@ class COCO20iDataModule(EpisodicDataModule):
         test_episodes: int = 1000,
         seed: int = 0,
         use_original_imgsize: bool = False,
+        support_label: SupportLabel = "mask",
     ) -> None:
         super().__init__(
             fold=fold,
@@ -426,6 +427,7 @@ class COCO20iDataModule(EpisodicDataModule):
             test_episodes=test_episodes,
             seed=seed,
             use_original_imgsize=use_original_imgsize,
+            support_label=support_label,
         )
         coco_fold_class_ids(fold, class_split)  # validates class_split
         if mask_source not in ("auto", "json", "png"):

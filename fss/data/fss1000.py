@@ -36,7 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fss.data.base import EpisodicDataModule
+from fss.data.base import EpisodicDataModule, SupportLabel
 from fss.data.common import (
     IMAGE_SUFFIXES,
     DatasetLayoutError,
@@ -298,6 +298,7 @@ class FSS1000DataModule(EpisodicDataModule):
         test_episodes: int | None = None,
         seed: int = 0,
         use_original_imgsize: bool = False,
+        support_label: SupportLabel = "mask",
     ) -> None:
         super().__init__(
             fold=fold,
@@ -311,6 +312,7 @@ class FSS1000DataModule(EpisodicDataModule):
             test_episodes=test_episodes if test_episodes is not None else 1,
             seed=seed,
             use_original_imgsize=use_original_imgsize,
+            support_label=support_label,
         )
         self.val_episodes: int | None = val_episodes  # type: ignore[assignment]
         self.test_episodes: int | None = test_episodes  # type: ignore[assignment]

@@ -41,7 +41,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from fss.data.base import EpisodicDataModule, contiguous_fold_class_ids
+from fss.data.base import EpisodicDataModule, SupportLabel, contiguous_fold_class_ids
 from fss.data.common import (
     DatasetLayoutError,
     ImageEpisodeDataset,
@@ -313,6 +313,7 @@ class PascalDataModule(EpisodicDataModule):
         test_episodes: int = 1000,
         seed: int = 0,
         use_original_imgsize: bool = False,
+        support_label: SupportLabel = "mask",
     ) -> None:
         super().__init__(
             fold=fold,
@@ -326,6 +327,7 @@ class PascalDataModule(EpisodicDataModule):
             test_episodes=test_episodes,
             seed=seed,
             use_original_imgsize=use_original_imgsize,
+            support_label=support_label,
         )
         if class_split not in ("standard", "coco2pascal"):
             raise ValueError(f"data.class_split must be 'standard' or 'coco2pascal', got {class_split!r}")

@@ -37,7 +37,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from fss.data.base import EpisodicDataModule, EpisodicDataset
+from fss.data.base import EpisodicDataModule, EpisodicDataset, SupportLabel
 from fss.data.episode import Episode
 from fss.data.transforms import normalize_array_
 
@@ -357,6 +357,7 @@ class SyntheticDataModule(EpisodicDataModule):
         test_episodes: int = 1000,
         seed: int = 0,
         use_original_imgsize: bool = False,
+        support_label: SupportLabel = "mask",
         min_distractors: int = 1,
         max_distractors: int = 3,
     ) -> None:
@@ -372,6 +373,7 @@ class SyntheticDataModule(EpisodicDataModule):
             test_episodes=test_episodes,
             seed=seed,
             use_original_imgsize=use_original_imgsize,
+            support_label=support_label,
         )
         if not 0 <= min_distractors <= max_distractors:
             raise ValueError(

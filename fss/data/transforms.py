@@ -205,3 +205,30 @@ def build_episode(
     if keep_original_mask:
         episode["org_query_mask"] = q_target
     return episode
+
+
+def mask_to_bbox(mask: Tensor) -> Tensor:
+    """Replace each mask by the filled bounding box of its foreground (weak, box-level support labels).
+
+    Foreground is ``mask == 1``: ignore pixels (255) and background never count. All foreground blobs
+    of one mask share one box (the tightest box covering all of them); an empty mask stays empty.
+
+    Args:
+        mask: [..., H, W] masks, float 0/1 (support masks) or long 0/1/255 (target maps).
+
+    Returns:
+        Same shape and dtype: 1 inside each mask's box, 0 elsewhere (ignore pixels are dropped).
+    """
+    if mask.dim() < 2:
+        raise ValueError(f"mask_to_bbox expects masks [..., H, W], got {tuple(mask.shape)}")
+    fg = mask == 1
+    rows, cols = fg.any(dim=-1), fg.any(dim=-2)  # [..., H], [..., W]
+
+    def between_first_and_last(hit: Tensor) -> Tensor:
+        # True from the first to the last True along the last dim (all False when none is True)
+        after_first = hit.int().cummax(dim=-1).values.bool()
+        before_last = hit.flip(-1).int().cummax(dim=-1).values.flip(-1).bool()
+        return after_first & before_last
+
+    box = between_first_and_last(rows)[..., :, None] & between_first_and_last(cols)[..., None, :]
+    return box.to(mask.dtype)
