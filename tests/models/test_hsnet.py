@@ -95,3 +95,21 @@ def test_learner_trains_and_backbone_does_not():
     loss.backward()
     assert all(p.grad is None for p in net.backbone.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.learner.parameters())
+
+
+def test_cpu_learner_chunking_changes_no_value(monkeypatch):
+    """Inference on large inputs runs the learner pair by pair on CPU: same logits as one call."""
+    torch.manual_seed(0)
+    net = HSNet("resnet18", masking="hm", weights=None).eval()
+    q, s = torch.randn(2, 3, 64, 64), torch.randn(2, 2, 3, 64, 64)
+    m = (torch.rand(2, 2, 64, 64) > 0.5).float()
+    with torch.inference_mode():
+        monkeypatch.setattr(HSNet, "cpu_learner_chunk", None)
+        whole = net.forward_shots(q, s, m)
+        monkeypatch.setattr(HSNet, "cpu_learner_chunk", 1)
+        monkeypatch.setattr(HSNet, "cpu_chunk_min_positions", 0)
+        calls = []
+        monkeypatch.setattr(net, "predict_logits", lambda *a, f=net.predict_logits: calls.append(1) or f(*a))
+        chunked = net.forward_shots(q, s, m)
+    assert len(calls) == 4  # B * K pairs, one at a time
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
