@@ -85,7 +85,7 @@ def test_mask_writer_on_model_size_batches(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, EpisodeFigures]:
-    """Two tiny epochs of the demo config (offline W&B) with EpisodeFigures, then a test run."""
+    """Two tiny epochs of the demo config (offline W&B; it lists EpisodeFigures), then a test run."""
     root = tmp_path_factory.mktemp("fit")
     tiny = [
         "--config", DEMO,
@@ -95,7 +95,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, EpisodeFigur
         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.num_sanity_val_steps", "1",
         "--trainer.default_root_dir", str(root),
-        "--trainer.callbacks+", "fss.visualize.EpisodeFigures", "--trainer.callbacks.num_episodes", "3",
+        "--trainer.callbacks.num_episodes", "3",  # the demo config's EpisodeFigures (the last callback)
     ]  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("WANDB_MODE", "offline")
