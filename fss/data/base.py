@@ -212,8 +212,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         eval_batch_size: episodes per validation/test batch; ``None`` means ``batch_size``.
         num_workers: dataloader worker processes (episodes do not depend on it).
         train_episodes: training episodes per epoch; ``None`` uses the dataset's default.
-        val_episodes: validation episodes (fixed: the same every epoch and run).
-        test_episodes: test episodes (fixed; drawn independently of the validation ones).
+        val_episodes: validation episodes (fixed: the same every epoch and run); ``None``: the dataset's default.
+        test_episodes: test episodes (fixed; drawn independently of the validation ones); ``None``: likewise.
         seed: episode seed; changing it draws a different set of episodes.
         use_original_imgsize: val/test episodes also carry ``org_query_mask`` at the original size, to
             evaluate there (needs ``eval_batch_size=1``).
@@ -237,8 +237,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         train_episodes: int | None = None,
-        val_episodes: int = 1000,
-        test_episodes: int = 1000,
+        val_episodes: int | None = 1000,
+        test_episodes: int | None = 1000,
         seed: int = 0,
         use_original_imgsize: bool = False,
         support_label: SupportLabel = "mask",
@@ -249,11 +249,18 @@ class EpisodicDataModule(pl.LightningDataModule):
         num_folds = self.dataset_class.num_folds
         if not 0 <= fold < num_folds:
             raise ValueError(f"{name}: data.fold must be in [0, {num_folds}), got {fold}")
-        for option, value in (("batch_size", batch_size), ("shot", shot), ("val_episodes", val_episodes)):
+        for option, value in (("batch_size", batch_size), ("shot", shot)):
             if value < 1:
                 raise ValueError(f"{name}: data.{option} must be >= 1, got {value}")
-        if test_episodes < 1 or (train_episodes is not None and train_episodes < 1):
-            raise ValueError(f"{name}: data.train_episodes and data.test_episodes must be >= 1")
+        for option, value in (
+            ("train_episodes", train_episodes),
+            ("val_episodes", val_episodes),
+            ("test_episodes", test_episodes),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(
+                    f"{name}: data.{option} must be >= 1 (or null: the dataset's default), got {value}"
+                )
         if eval_batch_size is not None and eval_batch_size < 1:
             raise ValueError(f"{name}: data.eval_batch_size must be >= 1 (or null), got {eval_batch_size}")
         if num_workers < 0:

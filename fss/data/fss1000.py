@@ -308,14 +308,12 @@ class FSS1000DataModule(EpisodicDataModule):
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
             train_episodes=train_episodes,
-            val_episodes=val_episodes if val_episodes is not None else 1,
-            test_episodes=test_episodes if test_episodes is not None else 1,
+            val_episodes=val_episodes,
+            test_episodes=test_episodes,
             seed=seed,
             use_original_imgsize=use_original_imgsize,
             support_label=support_label,
         )
-        self.val_episodes: int | None = val_episodes  # type: ignore[assignment]
-        self.test_episodes: int | None = test_episodes  # type: ignore[assignment]
         self.root = root
         self.split_dir = split_dir
         self.split_seed = split_seed

@@ -234,3 +234,12 @@ def test_rendering_is_fast() -> None:
         ds[i]
     per_episode = (time.process_time() - start) / 20
     assert per_episode < 0.05, f"a 96x96 1-shot episode took {per_episode * 1000:.1f} ms of CPU"
+
+
+def test_episode_counts_null_means_dataset_default_and_zero_is_an_error():
+    dm = SyntheticDataModule(img_size=32, val_episodes=None, test_episodes=None)
+    dm.setup("validate")
+    assert len(dm.datasets["val"]) == 1000  # SyntheticFSS.default_num_episodes
+    for option in ("train_episodes", "val_episodes", "test_episodes"):
+        with pytest.raises(ValueError, match=f"data.{option} must be >= 1"):
+            SyntheticDataModule(**{option: 0})
