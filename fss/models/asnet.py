@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from fss.masking import SupportMasking
 from fss.models.aslayer import AttentiveSqueezeLayer
 from fss.models.base import FewShotSegmenter
-from fss.models.correlation import multilayer_correlation
+from fss.models.correlation import multilayer_correlation, resize_query_dims
 
 #: support features at least this wide are average-pooled (3x3, stride 2) before correlation
 POOL_THR = 50
@@ -36,14 +36,6 @@ def pool_large_feats(feats: list[Tensor], pool_thr: int = POOL_THR) -> list[Tens
     return [
         F.avg_pool2d(f, kernel_size=3, stride=2, padding=1) if f.shape[-1] >= pool_thr else f for f in feats
     ]
-
-
-def resize_query_dims(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly resize (``align_corners=True``) the query dims of [N, C, ha, wa, hb, wb] to ``size``."""
-    bsz, ch, ha, wa, hb, wb = x.shape
-    x = x.permute(0, 4, 5, 1, 2, 3).reshape(bsz * hb * wb, ch, ha, wa)
-    x = F.interpolate(x, size, mode="bilinear", align_corners=True)
-    return x.view(bsz, hb, wb, ch, *size).permute(0, 3, 4, 5, 1, 2)
 
 
 def fit_support_dims(x: Tensor, size: tuple[int, int] = MIX_SUPPORT_SIZE) -> Tensor:

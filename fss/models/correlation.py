@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 EPS = 1e-5
@@ -63,3 +64,14 @@ def multilayer_correlation(
         else:  # levels of different shapes (not a ResNet stage): correlate one by one
             stacked.append(torch.stack([cosine_correlation(q, s) for q, s in zip(qs, ss)], dim=1))
     return stacked
+
+
+def resize_query_dims(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinearly (``align_corners=True``) resize the query dims of [N, C, ha, wa, hb, wb] to ``size``.
+
+    How HSNet, ASNet and VAT bring a deeper stage's squeezed correlation to the next stage's size.
+    """
+    bsz, ch, ha, wa, hb, wb = x.shape
+    x = x.permute(0, 4, 5, 1, 2, 3).reshape(bsz * hb * wb, ch, ha, wa)
+    x = F.interpolate(x, size, mode="bilinear", align_corners=True)
+    return x.view(bsz, hb, wb, ch, *size).permute(0, 3, 4, 5, 1, 2)

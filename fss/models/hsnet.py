@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from fss.masking import SupportMasking
 from fss.models.base import FewShotSegmenter
 from fss.models.conv4d import CenterPivotConv4d
-from fss.models.correlation import multilayer_correlation
+from fss.models.correlation import multilayer_correlation, resize_query_dims
 
 SQUEEZE_CHANNELS = (16, 64, 128)
 
@@ -33,14 +33,6 @@ def _block4d(in_ch: int, out_chs: list[int], kernels: list[int], strides: list[i
             nn.ReLU(inplace=True),
         ]
     return nn.Sequential(*layers)
-
-
-def _resize_support_dims(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly resize the support dimensions of [B, C, ha, wa, hb, wb] to ``size``."""
-    bsz, ch, ha, wa, hb, wb = x.shape
-    x = x.permute(0, 4, 5, 1, 2, 3).reshape(bsz * hb * wb, ch, ha, wa)
-    x = F.interpolate(x, size, mode="bilinear", align_corners=True)
-    return x.view(bsz, hb, wb, ch, *size).permute(0, 3, 4, 5, 1, 2).contiguous()
 
 
 class HPNLearner(nn.Module):
@@ -71,8 +63,8 @@ class HPNLearner(nn.Module):
         sqz3 = self.encoder_layer3(hypercorr[1])
         sqz2 = self.encoder_layer2(hypercorr[2])
 
-        mix43 = self.encoder_layer4to3(_resize_support_dims(sqz4, sqz3.shape[-4:-2]) + sqz3)
-        mix432 = self.encoder_layer3to2(_resize_support_dims(mix43, sqz2.shape[-4:-2]) + sqz2)
+        mix43 = self.encoder_layer4to3(resize_query_dims(sqz4, sqz3.shape[-4:-2]) + sqz3)
+        mix432 = self.encoder_layer3to2(resize_query_dims(mix43, sqz2.shape[-4:-2]) + sqz2)
 
         encoded = mix432.flatten(-2).mean(dim=-1)  # average over the support dimensions
         decoded = self.decoder1(encoded)

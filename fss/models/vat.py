@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from fss.masking import SupportMasking
 from fss.models.base import FewShotSegmenter
-from fss.models.correlation import multilayer_correlation
+from fss.models.correlation import multilayer_correlation, resize_query_dims
 from fss.models.swin4d import ImageSwin, VolumeSwin, set_gradient_checkpointing
 
 Benchmark = Literal["pascal", "coco", "fss1000", "fss"]
@@ -143,11 +143,6 @@ class Encoder4d(nn.Module):
         for conv in self.conv4d:
             x = conv(x)
         return x
-
-
-def resize_query_dims(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly (``align_corners=True``) resize the query dimensions of [B, C, ha, wa, hb, wb]."""
-    return _over_query(lambda t: F.interpolate(t, size, mode="bilinear", align_corners=True), x)
 
 
 class CostAggregator(nn.Module):
