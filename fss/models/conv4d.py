@@ -4,6 +4,12 @@ A 4D kernel over a correlation tensor [B, C, ha, wa, hb, wb] restricted to its t
 slices: a 2D convolution over the query dimensions (ha, wa) at every support position plus a 2D
 convolution over the support dimensions (hb, wb) at every query position. Strides apply to the
 support dimensions only; the query-side branch then reads every stride-th support position.
+
+Inputs of any memory layout work; a *query-major* one ([B, ha, wa, C, hb, wb] in memory, from
+``multilayer_correlation(query_major=True)``) feeds the support-side branch without a copy, which
+saves 45 ms of the 130 ms of HSNet's first 4D convolution at 400 px on one CPU thread. Outputs are
+contiguous: ``nn.GroupNorm`` follows, and its channels_last kernel loses precision when the mean
+is large against the spread (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -9,6 +9,54 @@ from torch import Tensor
 EPS = 1e-5
 
 
+def _rows(feat: Tensor) -> Tensor:
+    """[N, C, h, w] -> [N, h*w, C]: free for ``channels_last`` features (the backbone's on CPU)."""
+    return feat.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def _unit_rows(feats: list[Tensor]) -> Tensor:
+    """Levels of features [N, C, h, w] (one shape) -> unit-length rows [N, n_levels, h*w, C], float32.
+
+    Each level is divided by its norms (+ EPS) straight into its slot of the stacked result: one
+    pass instead of a normalisation and a stacking copy. The norms reduce over the contiguous
+    channel dim of the (channels_last) features.
+    """
+    first = feats[0]
+    if torch.is_grad_enabled() and any(f.requires_grad for f in feats):  # out= does not record autograd
+        rows = [_rows(f).float() for f in feats]
+        return torch.stack([r / (r.norm(dim=-1, p=2, keepdim=True) + EPS) for r in rows], dim=1)
+    out = first.new_empty(
+        first.shape[0], len(feats), first.shape[-2:].numel(), first.shape[1], dtype=torch.float32
+    )
+    for i, feat in enumerate(feats):
+        rows = _rows(feat).float()
+        torch.div(rows, rows.norm(dim=-1, p=2, keepdim=True) + EPS, out=out[:, i])
+    return out
+
+
+def _correlate_unit_rows(
+    q: Tensor,
+    s: Tensor,
+    query_hw: tuple[int, int],
+    support_hw: tuple[int, int],
+    query_major: bool = False,
+) -> Tensor:
+    """Unit rows [N, n, Lq, C] and [N, n, Ls, C] of n levels -> ReLU'd cosines [N, n, ha, wa, hb, wb].
+
+    ``query_major``: the result is stored as [N, ha, wa, n, hb, wb] (a permuted view of it is
+    returned), the layout HSNet's first 4D convolution reads without a copy (ignored when the
+    rows require gradients: ``out=`` does not record autograd).
+    """
+    if query_major and not (torch.is_grad_enabled() and (q.requires_grad or s.requires_grad)):
+        store = q.new_empty(q.shape[0], q.shape[2], q.shape[1], s.shape[2])  # [N, Lq, n, Ls]
+        for i in range(q.shape[0]):  # each level's matrix goes straight to its strided slot
+            torch.bmm(q[i], s[i].transpose(1, 2), out=store[i].transpose(0, 1))
+        corr = store.clamp_(min=0).transpose(1, 2)
+    else:
+        corr = torch.matmul(q, s.transpose(-1, -2)).clamp_(min=0)
+    return corr.unflatten(-1, tuple(support_hw)).unflatten(2, tuple(query_hw))
+
+
 def cosine_correlation(query_feat: Tensor, support_feat: Tensor) -> Tensor:
     """ReLU'd cosine similarity of every query position with every support position.
 
@@ -23,18 +71,17 @@ def cosine_correlation(query_feat: Tensor, support_feat: Tensor) -> Tensor:
     Returns:
         [N, ha, wa, hb, wb] float32, values in [0, 1].
     """
-    bsz, ch, ha, wa = query_feat.shape
-    hb, wb = support_feat.shape[-2:]
     with torch.autocast(query_feat.device.type, enabled=False):
-        q = query_feat.reshape(bsz, ch, -1).float()
-        s = support_feat.reshape(bsz, ch, -1).float()
-        q = q / (q.norm(dim=1, p=2, keepdim=True) + EPS)
-        s = s / (s.norm(dim=1, p=2, keepdim=True) + EPS)
-        return torch.bmm(q.transpose(1, 2), s).clamp_(min=0).view(bsz, ha, wa, hb, wb)
+        q, s = _unit_rows([query_feat]), _unit_rows([support_feat])
+        return _correlate_unit_rows(q, s, query_feat.shape[-2:], support_feat.shape[-2:])[:, 0]
 
 
 def multilayer_correlation(
-    query_feats: list[Tensor], support_feats: list[Tensor], feat_layers: list[int], layers=(4, 3, 2)
+    query_feats: list[Tensor],
+    support_feats: list[Tensor],
+    feat_layers: list[int],
+    layers=(4, 3, 2),
+    query_major: bool = False,
 ) -> list[Tensor]:
     """One correlation per feature level, stacked by stage, deepest stage first.
 
@@ -47,6 +94,7 @@ def multilayer_correlation(
         query_feats, support_feats: per level [N, C_l, h_l, w_l].
         feat_layers: the ResNet stage of each level (``Backbone.feat_layers``).
         layers: the stages to return, in order.
+        query_major: store each result as [N, ha, wa, n_blocks, hb, wb] (see ``_correlate_rows``).
 
     Returns:
         For each stage in ``layers``: [N, n_blocks, ha, wa, hb, wb].
@@ -56,11 +104,9 @@ def multilayer_correlation(
         ids = [i for i, lid in enumerate(feat_layers) if lid == layer]
         qs, ss = [query_feats[i] for i in ids], [support_feats[i] for i in ids]
         if len({q.shape for q in qs}) == 1 and len({s.shape for s in ss}) == 1:
-            n = len(ids)
-            corr = cosine_correlation(
-                torch.stack(qs, dim=1).flatten(0, 1), torch.stack(ss, dim=1).flatten(0, 1)
-            )
-            stacked.append(corr.view(-1, n, *corr.shape[1:]))
+            with torch.autocast(qs[0].device.type, enabled=False):
+                q, s = _unit_rows(qs), _unit_rows(ss)
+                stacked.append(_correlate_unit_rows(q, s, qs[0].shape[-2:], ss[0].shape[-2:], query_major))
         else:  # levels of different shapes (not a ResNet stage): correlate one by one
             stacked.append(torch.stack([cosine_correlation(q, s) for q, s in zip(qs, ss)], dim=1))
     return stacked

@@ -102,5 +102,5 @@ class HSNet(FewShotSegmenter):
         self, query_feats: list[Tensor], support_feats: list[Tensor], support_mask: Tensor
     ) -> Tensor:
         """Features of N query/support pairs -> logits [N, 2, ha_2 * 2, wa_2 * 2]."""
-        corr = multilayer_correlation(query_feats, support_feats, self.backbone.feat_layers)
+        corr = multilayer_correlation(query_feats, support_feats, self.backbone.feat_layers, query_major=True)
         return self.hpn_learner(corr)
