@@ -58,7 +58,8 @@ def vote_masks(shot_logits: Tensor) -> Tensor:
     Returns:
         [B, H, W] long masks in {0, 1}.
     """
-    votes = shot_logits.argmax(dim=2).sum(dim=1)  # [B, H, W]
+    # argmax over the 2 classes (ties -> background, as argmax), without argmax's slow reduction
+    votes = (shot_logits[:, :, 1] > shot_logits[:, :, 0]).sum(dim=1)  # [B, H, W]
     if shot_logits.shape[1] == 1:
         return votes
     max_vote = votes.flatten(1).max(dim=1).values.clamp(min=1).view(-1, 1, 1)
@@ -80,11 +81,9 @@ class FewShotSegmenter(nn.Module):
     first_layer: ClassVar[int] = 2
     #: per-model meaning of a masking name, e.g. ASNet's "fm" is its reference's attention-only masking
     masking_overrides: ClassVar[dict[str, type[SupportMasking]]] = {}
-    #: on CPU, at inference on large inputs, run the learner on this many query/support pairs at a
-    #: time (None: all at once); see ``_learner_logits``
-    cpu_learner_chunk: ClassVar[int | None] = 1
-    #: ... when the first query feature map has at least this many positions (40 x 40: ~320 px)
-    cpu_chunk_min_positions: ClassVar[int] = 1600
+    #: on CPU, at inference, shots are processed one at a time (``forward_shots``) from this many
+    #: query pixels on (320 x 320); None: never
+    cpu_per_shot_min_pixels: ClassVar[int | None] = 320 * 320
 
     def __init__(
         self,
@@ -129,25 +128,33 @@ class FewShotSegmenter(nn.Module):
         Runs without autograd: the backbone is frozen.
         """
         support_imgs, support_masks = _as_shots(support_imgs, support_masks)
-        s_img = support_imgs.flatten(0, 1)
-        s_mask = support_masks.flatten(0, 1).float()
+        query_feats, support_feats = self._features(
+            query_img, support_imgs.flatten(0, 1), support_masks.flatten(0, 1).float()
+        )
+        return query_feats, support_feats
+
+    def _features(
+        self, query_img: Tensor | None, s_img: Tensor, s_mask: Tensor
+    ) -> tuple[list[Tensor] | None, list[Tensor]]:
+        """Query features (None without a query) and masked support features of [N,3,H,W] / [N,H,W]."""
         needs_plain, needs_masked = self.masking.needs_plain, self.masking.needs_masked_input
         with torch.no_grad():
-            parts = [query_img]
+            parts = [] if query_img is None else [query_img]
             if needs_plain:
                 parts.append(s_img)
             if needs_masked:
                 parts.append(input_mask(s_img, s_mask))
             sizes = [p.shape[0] for p in parts]
-            if all(p.shape[1:] == query_img.shape[1:] for p in parts):
-                feats = self.backbone(torch.cat(parts) if len(parts) > 1 else query_img)
+            if len(parts) == 1 or all(p.shape[1:] == parts[0].shape[1:] for p in parts):
+                feats = self.backbone(torch.cat(parts) if len(parts) > 1 else parts[0])
                 split = [f.split(sizes) for f in feats]
             else:  # query and supports of different sizes: query alone, supports batched
                 q = self.backbone(query_img)
                 s = self.backbone(torch.cat(parts[1:]))
                 split = [(qf, *sf.split(sizes[1:])) for qf, sf in zip(q, s)]
-            query_feats = [parts_[0] for parts_ in split]
-            plain = self.prepare_support_feats([p[1] for p in split]) if needs_plain else None
+            query_feats = None if query_img is None else [parts_[0] for parts_ in split]
+            i_plain = -2 if needs_masked else -1
+            plain = self.prepare_support_feats([p[i_plain] for p in split]) if needs_plain else None
             masked = self.prepare_support_feats([p[-1] for p in split]) if needs_masked else None
             support_feats = self.masking(plain, masked, s_mask)
         return query_feats, support_feats
@@ -162,39 +169,46 @@ class FewShotSegmenter(nn.Module):
         """
         support_imgs, support_masks = _as_shots(support_imgs, support_masks)
         batch, shots = support_imgs.shape[:2]
-        query_feats, support_feats = self.extract_features(query_img, support_imgs, support_masks)
-        if shots > 1:  # computed once, repeated for each shot's correlation
-            query_feats = [f.repeat_interleave(shots, dim=0) for f in query_feats]
-        logits = self._learner_logits(query_feats, support_feats, support_masks.flatten(0, 1).float())
+        masks = support_masks.float()
+        if self._per_shot(query_img):
+            logits = self._per_shot_logits(query_img, support_imgs, masks)
+        else:
+            query_feats, support_feats = self._features(
+                query_img, support_imgs.flatten(0, 1), masks.flatten(0, 1)
+            )
+            if shots > 1:  # computed once, repeated for each shot's correlation
+                query_feats = [f.repeat_interleave(shots, dim=0) for f in query_feats]
+            logits = self.predict_logits(query_feats, support_feats, masks.flatten(0, 1))
         logits = F.interpolate(logits, query_img.shape[-2:], mode="bilinear", align_corners=True)
         return logits.view(batch, shots, *logits.shape[1:])
 
-    def _learner_logits(
-        self, query_feats: list[Tensor], support_feats: list[Tensor], masks: Tensor
-    ) -> Tensor:
-        """``predict_logits`` on all N pairs at once, or on CPU in chunks of ``cpu_learner_chunk`` pairs.
-
-        The learners treat every pair on its own (GroupNorm / LayerNorm, no batch statistics), so
-        chunking changes no value. On a CPU the correlations of many pairs at once spill out of the
-        caches: at 400 px, 5 pairs one by one took 3.75 s against 4.49 s together (docs/performance.md).
-        """
-        n = masks.shape[0]
-        chunk = self.cpu_learner_chunk
-        small = query_feats[0].shape[-2:].numel() < self.cpu_chunk_min_positions
-        # chunking pays off only for large correlations; on small inputs, and when training (where
-        # the batch is the unit of work), one call is faster (96 px training step: 2x)
-        if masks.device.type != "cpu" or not chunk or n <= chunk or small or torch.is_grad_enabled():
-            return self.predict_logits(query_feats, support_feats, masks)
-        return torch.cat(
-            [
-                self.predict_logits(
-                    [f[i : i + chunk] for f in query_feats],
-                    [f[i : i + chunk] for f in support_feats],
-                    masks[i : i + chunk],
-                )
-                for i in range(0, n, chunk)
-            ]
+    def _per_shot(self, query_img: Tensor) -> bool:
+        """Whether ``forward_shots`` takes the CPU inference path of ``_per_shot_logits``."""
+        limit = self.cpu_per_shot_min_pixels
+        return (
+            query_img.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and limit is not None
+            and query_img.shape[-2:].numel() >= limit
         )
+
+    def _per_shot_logits(self, query_img: Tensor, support_imgs: Tensor, masks: Tensor) -> Tensor:
+        """Logits [B*K, 2, h, w] (shot-minor, as the batched path), one shot at a time.
+
+        The query's features are still computed once (with the first shot, in one backbone call).
+        On a CPU, a backbone call of 3 images and a learner call of one pair keep their activations
+        in the caches: at 400 px, ResNet-50, 11 images in one backbone call took 3.5 s against
+        3.05 s in calls of at most 3, and 5 learner pairs in one call 4.5 s against 3.75 s one by
+        one (docs/performance.md). Every model's learner treats each pair on its own (GroupNorm /
+        LayerNorm, no batch statistics), so the values are those of the batched path.
+        """
+        query_feats = None
+        logits = []
+        for k in range(support_imgs.shape[1]):
+            q, support_feats = self._features(query_img if k == 0 else None, support_imgs[:, k], masks[:, k])
+            query_feats = q if k == 0 else query_feats
+            logits.append(self.predict_logits(query_feats, support_feats, masks[:, k]))
+        return torch.stack(logits, dim=1).flatten(0, 1)
 
     def forward(self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor) -> Tensor:
         """Logits [B, 2, H, W]; with K > 1 shots, the mean of the per-shot logits."""

@@ -97,19 +97,24 @@ def test_learner_trains_and_backbone_does_not():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.learner.parameters())
 
 
-def test_cpu_learner_chunking_changes_no_value(monkeypatch):
-    """Inference on large inputs runs the learner pair by pair on CPU: same logits as one call."""
+@pytest.mark.parametrize("masking", ["fm", "im", "hm"])
+def test_cpu_per_shot_path_changes_no_value(monkeypatch, masking):
+    """CPU inference on large inputs runs one shot at a time: same logits as the batched path."""
     torch.manual_seed(0)
-    net = HSNet("resnet18", masking="hm", weights=None).eval()
-    q, s = torch.randn(2, 3, 64, 64), torch.randn(2, 2, 3, 64, 64)
-    m = (torch.rand(2, 2, 64, 64) > 0.5).float()
+    net = HSNet("resnet18", masking=masking, weights=None).eval()
+    q, s = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 3, 64, 64)
+    m = (torch.rand(2, 3, 64, 64) > 0.5).float()
+    calls = {"backbone": 0, "learner": 0}
+
+    def counting(name, fn):
+        return lambda *a: calls.__setitem__(name, calls[name] + 1) or fn(*a)
+
+    monkeypatch.setattr(net.backbone, "forward", counting("backbone", net.backbone.forward))
+    monkeypatch.setattr(net, "predict_logits", counting("learner", net.predict_logits))
     with torch.inference_mode():
-        monkeypatch.setattr(HSNet, "cpu_learner_chunk", None)
-        whole = net.forward_shots(q, s, m)
-        monkeypatch.setattr(HSNet, "cpu_learner_chunk", 1)
-        monkeypatch.setattr(HSNet, "cpu_chunk_min_positions", 0)
-        calls = []
-        monkeypatch.setattr(net, "predict_logits", lambda *a, f=net.predict_logits: calls.append(1) or f(*a))
-        chunked = net.forward_shots(q, s, m)
-    assert len(calls) == 4  # B * K pairs, one at a time
-    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+        batched = net.forward_shots(q, s, m)
+        assert calls == {"backbone": 1, "learner": 1}
+        monkeypatch.setattr(HSNet, "cpu_per_shot_min_pixels", 64 * 64)
+        per_shot = net.forward_shots(q, s, m)
+    assert calls == {"backbone": 1 + 3, "learner": 1 + 3}  # query computed with the first shot only
+    torch.testing.assert_close(per_shot, batched, rtol=1e-5, atol=1e-5)
