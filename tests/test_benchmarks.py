@@ -1,0 +1,95 @@
+"""The benchmark scripts run end to end on tiny settings and write what they promise."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import reference  # noqa: E402
+import speed  # noqa: E402
+
+FAKE_NETWORK = """
+import torch
+from torch import nn
+from torchvision.models import resnet
+from .base import feature  # the HM file imports HSNet's package relatively
+
+
+class HypercorrSqueezeNetwork(nn.Module):
+    def __init__(self, backbone, use_original_imgsize):
+        super().__init__()
+        self.backbone = resnet.resnet50(pretrained=True)  # must not download
+        self.head = nn.Conv2d(3, 2, 1)
+        self.tag = {tag!r}
+
+    def forward(self, query_img, support_img, support_mask):
+        return self.head(query_img * support_mask.mean())
+
+    def predict_mask_nshot(self, batch, nshot):
+        votes = sum(self(batch["query_img"], batch["support_imgs"][:, k], batch["support_masks"][:, k]).argmax(1)
+                    for k in range(nshot))
+        return (votes.float() / nshot >= 0.5).long()
+
+    def compute_objective(self, logit_mask, gt_mask):
+        return nn.functional.cross_entropy(logit_mask, gt_mask)
+
+    def train_mode(self):
+        self.train()
+"""
+
+
+def _fake_reference(root: Path) -> tuple[Path, Path]:
+    """Clones laid out as juhongm999/hsnet (model/, model/base/) and the HM repository (hsnet.py)."""
+    hsnet, hm = root / "hsnet", root / "hm"
+    (hsnet / "model" / "base").mkdir(parents=True)
+    (hsnet / "model" / "base" / "feature.py").write_text("")
+    (hsnet / "model" / "hsnet.py").write_text(FAKE_NETWORK.format(tag="fm"))
+    hm.mkdir()
+    (hm / "hsnet.py").write_text(FAKE_NETWORK.format(tag="hm"))
+    return hsnet, hm
+
+
+def test_speed_benchmark_writes_json_with_hm_fm_side_by_side(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    result = speed.main(
+        ["--models", "hsnet", "--backbone", "resnet18", "--img-size", "64", "--shots", "1", "2",
+         "--repeats", "2", "--warmup", "0", "--train-batch", "1", "--device", "cpu", "--out", str(out)]
+    )  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert saved["results"] == json.loads(json.dumps(result["results"]))
+    for masking in ("fm", "hm"):
+        entry = saved["results"]["hsnet"][masking]
+        assert set(entry) == {"infer_1shot", "infer_2shot", "train_step"}
+        assert all(len(m["times_s"]) == 2 and m["median_s"] > 0 for m in entry.values())
+    table = capsys.readouterr().out
+    assert "hm/fm" in table and "infer_2shot" in table
+
+
+def test_reference_comparison_builds_the_reference_package_without_downloads(tmp_path, monkeypatch):
+    hsnet, hm = _fake_reference(tmp_path)
+    out = tmp_path / "ref.json"
+    result = reference.main(
+        ["--hsnet", str(hsnet), "--hm", str(hm), "--img-size", "64", "--shots", "1", "2", "--repeats", "1",
+         "--warmup", "0", "--train", "--train-batch", "1", "--device", "cpu", "--out", str(out)]
+    )  # fmt: skip
+    times = json.loads(out.read_text())["times_s"]
+    assert times == result["times_s"]
+    assert set(times) == {"infer_1shot", "infer_2shot", "train_step"}
+    for measure in times.values():
+        assert set(measure) == {"ours_hm", "ref_hm", "ours_fm", "ref_fm"}
+        assert all(len(t) == 1 and t[0] > 0 for t in measure.values())
+    # the assembled package is gone and torchvision is unpatched afterwards
+    assert not any(name.startswith(reference.PACKAGE) for name in sys.modules)
+    assert reference.resnet.resnet50.__name__ == "resnet50"
+
+
+def test_reference_comparison_names_the_missing_clone(tmp_path):
+    hsnet, _ = _fake_reference(tmp_path)
+    with pytest.raises(SystemExit, match="--hm must point to a clone"):
+        reference.main(["--hsnet", str(hsnet), "--hm", str(tmp_path / "nowhere")])
