@@ -18,6 +18,8 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fss.models.conv import Conv3d
+
 #: logit given to keys outside the support mask (the reference's value)
 MASKED_LOGIT = -1e9
 
@@ -84,17 +86,17 @@ class Attention(nn.Module):
             self.short_cut: nn.Module = nn.Identity()
         else:
             self.short_cut = nn.Sequential(
-                nn.Conv3d(in_channels, out_channels, bias=False, **conv_q),
+                Conv3d(in_channels, out_channels, bias=False, **conv_q),
                 nn.GroupNorm(groups, out_channels),
                 nn.ReLU(inplace=True),
             )
-        self.qhead = nn.Conv3d(in_channels, hidden, bias=bias, **conv_q)
-        self.khead = nn.Conv3d(in_channels, hidden, bias=bias, **conv_kv)
-        self.vhead = nn.Conv3d(in_channels, hidden, bias=bias, **conv_kv)
+        self.qhead = Conv3d(in_channels, hidden, bias=bias, **conv_q)
+        self.khead = Conv3d(in_channels, hidden, bias=bias, **conv_kv)
+        self.vhead = Conv3d(in_channels, hidden, bias=bias, **conv_kv)
         self.agg = nn.Sequential(
             nn.GroupNorm(groups, hidden),
             nn.ReLU(inplace=True),
-            nn.Conv3d(hidden, out_channels, kernel_size=1, bias=False),
+            Conv3d(hidden, out_channels, kernel_size=1, bias=False),
             nn.GroupNorm(groups, out_channels),
             nn.ReLU(inplace=True),
         )
@@ -123,10 +125,10 @@ class FeedForward(nn.Module):
         super().__init__()
         hidden = channels // reduction
         self.ff = nn.Sequential(
-            nn.Conv3d(channels, hidden, kernel_size=1, bias=False),
+            Conv3d(channels, hidden, kernel_size=1, bias=False),
             nn.GroupNorm(groups, hidden),
             nn.ReLU(inplace=True),
-            nn.Conv3d(hidden, channels, kernel_size=1, bias=False),
+            Conv3d(hidden, channels, kernel_size=1, bias=False),
         )
         self.out_norm = nn.GroupNorm(groups, channels)
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from fss.models.conv import Conv2d
+
 
 class CenterPivotConv4d(nn.Module):
     """Center-pivot 4D convolution.
@@ -38,10 +40,10 @@ class CenterPivotConv4d(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(
+        self.conv1 = Conv2d(
             in_channels, out_channels, kernel_size[:2], stride=stride[:2], padding=padding[:2], bias=bias
         )
-        self.conv2 = nn.Conv2d(
+        self.conv2 = Conv2d(
             in_channels, out_channels, kernel_size[2:], stride=stride[2:], padding=padding[2:], bias=bias
         )
         self.support_stride = tuple(stride[2:])

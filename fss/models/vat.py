@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from fss.masking import SupportMasking
 from fss.models.base import FewShotSegmenter
+from fss.models.conv import Conv2d
 from fss.models.correlation import multilayer_correlation, resize_query_dims
 from fss.models.swin4d import ImageSwin, VolumeSwin, set_gradient_checkpointing
 
@@ -97,8 +98,8 @@ class SeparableConv4d(nn.Module):
         padding: tuple[int, int, int, int] = (1, 1, 1, 1),
     ) -> None:
         super().__init__()
-        self.query_conv = nn.Conv2d(in_channels, out_channels, kernel_size[:2], stride[:2], padding[:2])
-        self.supp_conv = nn.Conv2d(in_channels, out_channels, kernel_size[2:], stride[2:], padding[2:])
+        self.query_conv = Conv2d(in_channels, out_channels, kernel_size[:2], stride[:2], padding[:2])
+        self.supp_conv = Conv2d(in_channels, out_channels, kernel_size[2:], stride[2:], padding[2:])
         self.query_stride, self.support_stride = tuple(stride[:2]), tuple(stride[2:])
 
     def forward(self, x: Tensor) -> Tensor:

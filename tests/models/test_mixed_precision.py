@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fss.models import build_model
+from fss.models.conv import Conv3d
 from fss.models.correlation import cosine_correlation
 
 #: tiny, fast instances (VAT's learner at feature_size 8 as in tests/models/test_vat.py)
@@ -45,3 +46,41 @@ def test_forward_under_bf16_autocast(name: str) -> None:
     # bf16 keeps ~3 significant digits through the learner: same logits up to a few percent of their range
     scale = reference.abs().max()
     assert (mixed - reference).abs().max() < 0.1 * scale + 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_training_step_under_bf16_autocast_has_finite_gradients(name: str) -> None:
+    """At 64 px the learners squeeze the support dims to 1x1/2x2 under 3x3/5x5 kernels, where
+    oneDNN's bf16 weight gradient used to come out NaN (fss/models/conv.py)."""
+    torch.manual_seed(0)
+    model = build_model(name, masking="hm", weights=None, **MODELS[name]).train()
+    target = torch.zeros(2, 64, 64, dtype=torch.long)
+    target[:, 20:44, 20:44] = 1
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        query, supports = (
+            torch.randn(2, 3, 64, 64, generator=gen),
+            torch.randn(2, 1, 3, 64, 64, generator=gen),
+        )
+        masks = (torch.rand(2, 1, 64, 64, generator=gen) > 0.5).float()
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(query, supports, masks)
+        torch.nn.functional.cross_entropy(logits.float(), target).backward()
+        grads = {n: p.grad for n, p in model.learner.named_parameters() if p.grad is not None}
+        assert grads and all(torch.isfinite(g).all() for g in grads.values()), [
+            n for n, g in grads.items() if not torch.isfinite(g).all()
+        ]
+
+
+def test_overhanging_convolution_runs_in_float32_under_cpu_autocast() -> None:
+    torch.manual_seed(0)
+    conv = Conv3d(8, 16, (1, 5, 5), stride=(1, 4, 4), padding=(0, 2, 2))
+    tiny, large = torch.randn(2, 8, 4, 2, 2), torch.randn(2, 8, 4, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_tiny, out_large = conv(tiny), conv(large)
+        with torch.no_grad():  # inference keeps bf16: only the weight gradient is affected
+            assert conv(tiny).dtype == torch.bfloat16
+    assert out_tiny.dtype == torch.float32 and out_large.dtype == torch.bfloat16
+    (out_tiny.sum() + out_large.float().sum()).backward()
+    assert torch.isfinite(conv.weight.grad).all()
