@@ -1,9 +1,9 @@
 """Multi-process (DDP) runs give the same evaluation numbers as one process.
 
 Two CPU processes (gloo backend) are launched by Lightning through the real CLI
-(``python -m fss ... --trainer.devices 2 --trainer.strategy ddp``). The validation metrics
-over an odd number of episodes (41: shards of 21 and 20) must equal those of a
-single-process run to the last digit written in ``metrics.csv``: every episode is counted
+(``python -m fss ... --trainer.devices 2 --trainer.strategy ddp``). The ``validate`` and
+``test`` metrics over an odd number of episodes (41: shards of 21 and 20) must equal those of
+a single-process run to the last digit written in ``metrics.csv``: every episode is counted
 exactly once, with no padding duplicate, and the logged value comes from the synchronised
 integer metric states. A two-process fit must run its steps and write a checkpoint.
 """
@@ -114,9 +114,7 @@ def checkpoint(config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-# `test` shares the sampler and metric code with `validate` and passed the same comparison when this
-# file was written; it is left out to keep the file near 60 s (add ("test", "test") to run it)
-STAGES = [("validate", "val")]
+STAGES = [("validate", "val"), ("test", "test")]
 
 
 @pytest.mark.parametrize(("subcommand", "stage"), STAGES)
