@@ -18,6 +18,8 @@ Examples::
     python benchmarks/speed.py --out results.json                       # 400 px, ResNet-50, all models
     python benchmarks/speed.py --quick --out quick.json                 # small CPU run (~minutes)
     python benchmarks/speed.py --models hsnet --bf16 --out bf16.json    # GPU, bf16 autocast
+    git worktree add /tmp/base <commit>                                 # before / after a change:
+    python benchmarks/speed.py --baseline /tmp/base --out after.json    # both versions, alternating
 
 :func:`time_interleaved` and :func:`make_episode` are importable, e.g. to time another implementation
 (the public reference code) in the same process, alternating with ours.
@@ -27,11 +29,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import platform
+import re
+import shutil
 import statistics
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -42,6 +49,8 @@ from fss.models import build_model
 from fss.models.base import FewShotSegmenter
 
 MODEL_NAMES = ("hsnet", "asnet", "vat")
+#: the package name another checkout's ``fss`` is imported under (``--baseline``)
+BASELINE = "fss_baseline"
 MASKINGS = ("fm", "hm")
 
 
@@ -163,18 +172,63 @@ def train_step_fn(model: FewShotSegmenter, episode: tuple[Tensor, ...], bf16: bo
     return run
 
 
-def build(name: str, masking: str, backbone: str, device: torch.device, vat_feature_size: int | None):
-    """A random-init model (no downloads) in eval mode on ``device``."""
+def build(
+    name: str,
+    masking: str,
+    backbone: str,
+    device: torch.device,
+    vat_feature_size: int | None,
+    builder: Callable[..., FewShotSegmenter] = build_model,
+):
+    """A random-init model (no downloads) in eval mode on ``device`` (``builder``: another fss's)."""
     torch.manual_seed(0)
     kwargs = {"backbone": backbone, "masking": masking, "weights": None}
     if name == "vat" and vat_feature_size is not None:
         kwargs["feature_size"] = vat_feature_size
-    return build_model(name, **kwargs).to(device).eval()
+    return builder(name, **kwargs).to(device).eval()
 
 
-def benchmark_model(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, dict]:
-    """All measurements of one model with each masking; ``{masking: {measure: {...}}}``."""
+@contextlib.contextmanager
+def baseline_builder(checkout: Path) -> Iterator[Callable[..., FewShotSegmenter]]:
+    """``build_model`` of another fss checkout (e.g. ``git worktree add /tmp/base <commit>``).
+
+    Its ``fss`` package is copied to a temporary ``fss_baseline`` package (imports rewritten) so
+    that both versions live in this process and can be timed alternately.
+    """
+    source = Path(checkout) / "fss"
+    if not (source / "models" / "__init__.py").is_file():
+        raise SystemExit(
+            f"--baseline {checkout}: no fss/models package there; pass a checkout of this repository"
+        )
+    with tempfile.TemporaryDirectory() as workdir:
+        package = Path(workdir) / BASELINE
+        shutil.copytree(source, package)
+        for path in package.rglob("*.py"):
+            path.write_text(re.sub(r"\b(from|import)\s+fss\b", rf"\1 {BASELINE}", path.read_text()))
+        sys.path.insert(0, workdir)
+        try:
+            yield importlib.import_module(f"{BASELINE}.models").build_model
+        finally:
+            sys.path.remove(workdir)
+            for name in [n for n in sys.modules if n == BASELINE or n.startswith(f"{BASELINE}.")]:
+                del sys.modules[name]
+
+
+def benchmark_model(
+    name: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    baseline: Callable[..., FewShotSegmenter] | None = None,
+) -> dict[str, dict]:
+    """All measurements of one model with each masking; ``{masking: {measure: {...}}}``.
+
+    With ``baseline`` (another checkout's ``build_model``), ``baseline_<masking>`` entries are
+    timed too, interleaved with ours.
+    """
     models = {m: build(name, m, args.backbone, device, args.vat_feature_size) for m in args.maskings}
+    if baseline is not None:
+        for m in args.maskings:
+            models[f"baseline_{m}"] = build(name, m, args.backbone, device, args.vat_feature_size, baseline)
     episodes = {k: make_episode(1, k, args.img_size, device) for k in args.shots}
     train_episode = make_episode(args.train_batch, 1, args.img_size, device, seed=1)
     measures: dict[str, dict[str, Callable[[], object]]] = {}
@@ -221,6 +275,20 @@ def report(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def baseline_report(results: dict[str, dict]) -> str:
+    """Baseline against ours: median seconds and the speed-up (baseline / ours) per measure and masking."""
+    lines = [f"{'model':<7}{'measure':<13}{'masking':<9}{'baseline':>10}{'ours':>10}{'speed-up':>10}"]
+    for name, per_masking in results.items():
+        for masking in MASKINGS:
+            ours, base = per_masking.get(masking), per_masking.get(f"baseline_{masking}")
+            if not ours or not base:
+                continue
+            for measure, entry in ours.items():
+                b, o = base[measure]["median_s"], entry["median_s"]
+                lines.append(f"{name:<7}{measure:<13}{masking:<9}{b:>9.4f}s{o:>9.4f}s{b / o:>9.2f}x")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES)
@@ -249,6 +317,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="small CPU run: 128 px, 3 repeats, training batch 1, VAT feature size 8 (unless given)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout of this repository (e.g. a git worktree of an older commit) to time alternately",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -269,8 +343,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"{args.backbone} at {args.img_size} px, bf16 {args.bf16}, repeats {args.repeats}, clock {args.clock}"
     )
-    results = {name: benchmark_model(name, args, device) for name in args.models}
+    with contextlib.ExitStack() as stack:
+        baseline = stack.enter_context(baseline_builder(args.baseline)) if args.baseline else None
+        results = {name: benchmark_model(name, args, device, baseline) for name in args.models}
     print(report(results))
+    if args.baseline:
+        print(baseline_report(results))
     out = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "environment": {

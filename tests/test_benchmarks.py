@@ -93,3 +93,21 @@ def test_reference_comparison_names_the_missing_clone(tmp_path):
     hsnet, _ = _fake_reference(tmp_path)
     with pytest.raises(SystemExit, match="--hm must point to a clone"):
         reference.main(["--hsnet", str(hsnet), "--hm", str(tmp_path / "nowhere")])
+
+
+def test_speed_benchmark_times_a_baseline_checkout_alternately(capsys):
+    repo = BENCHMARKS.parent  # this checkout doubles as its own baseline
+    result = speed.main(
+        ["--models", "hsnet", "--maskings", "hm", "--backbone", "resnet18", "--img-size", "64", "--shots", "1",
+         "--repeats", "1", "--warmup", "0", "--no-train", "--device", "cpu", "--baseline", str(repo)]
+    )  # fmt: skip
+    timed = result["results"]["hsnet"]
+    assert set(timed) == {"hm", "baseline_hm"}
+    assert timed["baseline_hm"]["infer_1shot"]["median_s"] > 0
+    assert "speed-up" in capsys.readouterr().out
+    assert not any(name.startswith(speed.BASELINE) for name in sys.modules)
+
+
+def test_speed_benchmark_rejects_a_baseline_that_is_not_a_checkout(tmp_path):
+    with pytest.raises(SystemExit, match="no fss/models package"):
+        speed.main(["--models", "hsnet", "--baseline", str(tmp_path)])
