@@ -102,3 +102,16 @@ def test_wrong_architecture_weights():
         Backbone("resnet18", weights=None).load_torchvision_state_dict(
             torchvision.models.resnet34().state_dict()
         )
+
+
+def test_large_cpu_inputs_run_channels_last_with_the_same_values(monkeypatch):
+    torch.manual_seed(0)
+    bb = Backbone("resnet18", weights=None)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        fast = bb(x)
+        monkeypatch.setattr(Backbone, "channels_last_min_pixels", 10**9)
+        plain = bb(x)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in fast)
+    assert all(f.is_contiguous() for f in plain)
+    assert max(relative_error(a, b) for a, b in zip(fast, plain)) < 1e-5
