@@ -110,10 +110,12 @@ class Attention(nn.Module):
         key_size = k.shape[-2:]
         # channels are split head-major, (heads, c), as in the reference
         q, k, v = (y.view(bsz, self.heads, hidden // self.heads, t, -1) for y in (q, k, v))  # [N, G, c, T, L]
-        # [N, G, T, Lq, Lk], unscaled as in the reference
-        logits = q.permute(0, 1, 3, 4, 2) @ k.transpose(2, 3)
+        # [N, G, T, Lq, Lk], unscaled as in the reference; masked and normalised in float32 under
+        # mixed precision (MASKED_LOGIT overflows float16, and CUDA autocast runs softmax in float32)
+        logits = (q.permute(0, 1, 3, 4, 2) @ k.transpose(2, 3)).float()
         logits = logits.masked_fill(~support_key_mask(support_mask, key_size), MASKED_LOGIT)
-        out = logits.softmax(dim=-1) @ v.permute(0, 1, 3, 4, 2)  # [N, G, T, Lq, c]
+        attn = logits.softmax(dim=-1).to(v.dtype)
+        out = attn @ v.permute(0, 1, 3, 4, 2)  # [N, G, T, Lq, c]
         out = out.permute(0, 1, 4, 2, 3).reshape(bsz, hidden, t, hq, wq)
         return self.out_norm(self.agg(out) + shortcut)
 
