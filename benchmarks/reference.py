@@ -28,11 +28,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import shutil
 import statistics
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from unittest import mock
@@ -41,7 +39,16 @@ import torch
 from torchvision.models import resnet, vgg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import build, inference_fn, make_episode, pick_device, time_interleaved, train_step_fn  # noqa: E402
+from speed import (  # noqa: E402
+    build,
+    inference_fn,
+    make_episode,
+    pick_device,
+    temporary_package,
+    time_interleaved,
+    train_step_fn,
+    write_results,
+)
 
 PACKAGE = "fss_reference_hsnet"
 
@@ -77,31 +84,24 @@ def reference_networks(
     for path, what in ((model_dir / "hsnet.py", "--hsnet"), (hm_file, "--hm")):
         if not path.is_file():
             raise SystemExit(f"{path} not found: {what} must point to a clone of the reference repository")
-    with tempfile.TemporaryDirectory() as workdir:
-        package = Path(workdir) / PACKAGE
+    with temporary_package(PACKAGE) as package:
         shutil.copytree(model_dir, package)
         shutil.copy(hm_file, package / "hsnet_hm.py")
         for init in (package / "__init__.py", package / "base" / "__init__.py"):
             init.touch()
-        sys.path.insert(0, workdir)
-        try:
-            classes = {
-                "fm": importlib.import_module(f"{PACKAGE}.hsnet").HypercorrSqueezeNetwork,
-                "hm": importlib.import_module(f"{PACKAGE}.hsnet_hm").HypercorrSqueezeNetwork,
-            }
+        classes = {
+            "fm": importlib.import_module(f"{PACKAGE}.hsnet").HypercorrSqueezeNetwork,
+            "hm": importlib.import_module(f"{PACKAGE}.hsnet_hm").HypercorrSqueezeNetwork,
+        }
 
-            def constructor(cls: type) -> Callable[[str], torch.nn.Module]:
-                def construct(backbone: str) -> torch.nn.Module:
-                    with random_torchvision():
-                        return cls(backbone, False)
+        def constructor(cls: type) -> Callable[[str], torch.nn.Module]:
+            def construct(backbone: str) -> torch.nn.Module:
+                with random_torchvision():
+                    return cls(backbone, False)
 
-                return construct
+            return construct
 
-            yield {m: constructor(cls) for m, cls in classes.items()}
-        finally:
-            sys.path.remove(workdir)
-            for name in [n for n in sys.modules if n == PACKAGE or n.startswith(f"{PACKAGE}.")]:
-                del sys.modules[name]
+        yield {m: constructor(cls) for m, cls in classes.items()}
 
 
 def reference_inference(model: torch.nn.Module, episode: tuple, shots: int) -> Callable[[], torch.Tensor]:
@@ -203,14 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     with reference_networks(args.hsnet, args.hm) as reference:
         results = compare(args, reference)
-    out = {
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "times_s": results,
-    }
-    if args.out is not None:
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.out}")
-    return out
+    return write_results(args, {"times_s": results})
 
 
 if __name__ == "__main__":

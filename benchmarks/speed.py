@@ -189,6 +189,29 @@ def build(
 
 
 @contextlib.contextmanager
+def temporary_package(name: str) -> Iterator[Path]:
+    """A directory on ``sys.path`` in which to assemble package ``name``; on exit the directory,
+    its ``sys.path`` entry and the package's modules are gone (``--baseline``, reference.py)."""
+    with tempfile.TemporaryDirectory() as workdir:
+        sys.path.insert(0, workdir)
+        try:
+            yield Path(workdir) / name
+        finally:
+            sys.path.remove(workdir)
+            for module in [m for m in sys.modules if m == name or m.startswith(f"{name}.")]:
+                del sys.modules[module]
+
+
+def write_results(args: argparse.Namespace, payload: dict) -> dict:
+    """``{"settings": the arguments, **payload}``, written as JSON to ``args.out`` when given."""
+    out = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, **payload}
+    if args.out is not None:
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return out
+
+
+@contextlib.contextmanager
 def baseline_builder(checkout: Path) -> Iterator[Callable[..., FewShotSegmenter]]:
     """``build_model`` of another fss checkout (e.g. ``git worktree add /tmp/base <commit>``).
 
@@ -200,18 +223,11 @@ def baseline_builder(checkout: Path) -> Iterator[Callable[..., FewShotSegmenter]
         raise SystemExit(
             f"--baseline {checkout}: no fss/models package there; pass a checkout of this repository"
         )
-    with tempfile.TemporaryDirectory() as workdir:
-        package = Path(workdir) / BASELINE
+    with temporary_package(BASELINE) as package:
         shutil.copytree(source, package)
         for path in package.rglob("*.py"):
             path.write_text(re.sub(r"\b(from|import)\s+fss\b", rf"\1 {BASELINE}", path.read_text()))
-        sys.path.insert(0, workdir)
-        try:
-            yield importlib.import_module(f"{BASELINE}.models").build_model
-        finally:
-            sys.path.remove(workdir)
-            for name in [n for n in sys.modules if n == BASELINE or n.startswith(f"{BASELINE}.")]:
-                del sys.modules[name]
+        yield importlib.import_module(f"{BASELINE}.models").build_model
 
 
 def benchmark_model(
@@ -349,19 +365,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(report(results))
     if args.baseline:
         print(baseline_report(results))
-    out = {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "environment": {
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
-        "results": results,
+    environment = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
     }
-    if args.out is not None:
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.out}")
-    return out
+    return write_results(args, {"environment": environment, "results": results})
 
 
 if __name__ == "__main__":
