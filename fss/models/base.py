@@ -145,7 +145,7 @@ class FewShotSegmenter(nn.Module):
             if needs_masked:
                 parts.append(input_mask(s_img, s_mask))
             sizes = [p.shape[0] for p in parts]
-            if len(parts) == 1 or all(p.shape[1:] == parts[0].shape[1:] for p in parts):
+            if all(p.shape[1:] == parts[0].shape[1:] for p in parts):
                 feats = self.backbone(torch.cat(parts) if len(parts) > 1 else parts[0])
                 split = [f.split(sizes) for f in feats]
             else:  # query and supports of different sizes: query alone, supports batched
@@ -202,11 +202,10 @@ class FewShotSegmenter(nn.Module):
         one (docs/performance.md). Every model's learner treats each pair on its own (GroupNorm /
         LayerNorm, no batch statistics), so the values are those of the batched path.
         """
-        query_feats = None
-        logits = []
-        for k in range(support_imgs.shape[1]):
-            q, support_feats = self._features(query_img if k == 0 else None, support_imgs[:, k], masks[:, k])
-            query_feats = q if k == 0 else query_feats
+        query_feats, support_feats = self._features(query_img, support_imgs[:, 0], masks[:, 0])
+        logits = [self.predict_logits(query_feats, support_feats, masks[:, 0])]
+        for k in range(1, support_imgs.shape[1]):
+            _, support_feats = self._features(None, support_imgs[:, k], masks[:, k])
             logits.append(self.predict_logits(query_feats, support_feats, masks[:, k]))
         return torch.stack(logits, dim=1).flatten(0, 1)
 
