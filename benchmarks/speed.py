@@ -10,8 +10,9 @@ interleaved (FM, HM, FM, HM, ...) inside every repeat, so a machine that slows d
 slows all of them alike. It prints a table with HM's cost relative to FM side by side and writes
 everything (raw times included) to ``--out`` as JSON.
 
-On a GPU it uses CUDA events with synchronisation and reports the peak allocated memory of each
-configuration; on CPU the wall clock (``time.perf_counter``) and no memory figure.
+On a GPU it uses CUDA events with synchronisation; on CPU the wall clock (``time.perf_counter``)
+or the process time (``--clock process``). Peak memory is the CUDA allocator's peak on a GPU and,
+on CPU, the peak of the allocations ``torch.profiler`` records (one extra, profiled run).
 
 Examples::
 
@@ -109,16 +110,30 @@ def time_interleaved(
     return times
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
-    """Peak allocated bytes during ``fn()`` on a GPU (None on CPU, where PyTorch does not track it)."""
-    if device.type != "cuda":
-        return None
-    synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    synchronize(device)
-    return torch.cuda.max_memory_allocated(device) - base
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated by PyTorch during ``fn()``, above what was allocated before.
+
+    On a GPU, the CUDA allocator's peak statistic. On a CPU, where PyTorch keeps no such
+    statistic, the running total of the allocations and frees that ``torch.profiler`` records
+    (``profile_memory=True``), in the order the operators start: exact for the tensors PyTorch
+    allocates, blind to other memory (Python objects, oneDNN scratch buffers).
+    """
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
+        fn()
+    running = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        running += event.self_cpu_memory_usage
+        peak = max(peak, running)
+    return peak
 
 
 def make_episode(

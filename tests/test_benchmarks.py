@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -67,6 +68,7 @@ def test_speed_benchmark_writes_json_with_hm_fm_side_by_side(tmp_path, capsys):
         entry = saved["results"]["hsnet"][masking]
         assert set(entry) == {"infer_1shot", "infer_2shot", "train_step"}
         assert all(len(m["times_s"]) == 2 and m["median_s"] > 0 for m in entry.values())
+        assert all(m["peak_mem_bytes"] > 0 for m in entry.values())
     table = capsys.readouterr().out
     assert "hm/fm" in table and "infer_2shot" in table
 
@@ -111,3 +113,19 @@ def test_speed_benchmark_times_a_baseline_checkout_alternately(capsys):
 def test_speed_benchmark_rejects_a_baseline_that_is_not_a_checkout(tmp_path):
     with pytest.raises(SystemExit, match="no fss/models package"):
         speed.main(["--models", "hsnet", "--baseline", str(tmp_path)])
+
+
+def test_cpu_peak_memory_counts_the_tensors_alive_together():
+    cpu = torch.device("cpu")
+    mb4 = 1_000_000  # float32 elements: 4 MB
+
+    def three_alive() -> float:
+        a, b = torch.ones(mb4), torch.ones(mb4)
+        return float((a + b).sum())  # a, b and a + b at once: 12 MB
+
+    def one_alive() -> None:
+        for _ in range(3):
+            float(torch.ones(mb4).sum())  # each freed before the next: 4 MB
+
+    assert 12e6 <= speed.peak_memory(three_alive, cpu) < 12.1e6
+    assert 4e6 <= speed.peak_memory(one_alive, cpu) < 4.1e6
