@@ -17,7 +17,8 @@ networks from there, and makes their ``torchvision`` constructors ignore ``pretr
 * inference as the reference ``test.py`` runs it: ``predict_mask_nshot`` under ``torch.no_grad()``,
   against our ``predict_mask`` (inference mode, the same vote rule);
 * with ``--train``, a training step as the reference ``train.py`` does it (Adam, lr 1e-3, over
-  ``model.parameters()``; batch ``--train-batch``, 1-shot) against ours (Adam on the learner).
+  ``model.parameters()``; batch ``--train-batch``, 1-shot) against ours (Adam on the learner);
+* with ``--memory``, the peak memory of each (see ``speed.peak_memory``).
 
 Both sides get the same random episode (400 x 400 px by default, ResNet-50, batch 1). The ratio
 reference / ours is printed per measure and masking; ``--out`` writes every time as JSON.
@@ -43,6 +44,7 @@ from speed import (  # noqa: E402
     build,
     inference_fn,
     make_episode,
+    peak_memory,
     pick_device,
     temporary_package,
     time_interleaved,
@@ -134,15 +136,16 @@ def reference_train_step(model: torch.nn.Module, episode: tuple) -> Callable[[],
 
 def compare(
     args: argparse.Namespace, reference: dict[str, Callable[[str], torch.nn.Module]]
-) -> dict[str, dict[str, list[float]]]:
-    """Time ours and the reference, alternating; ``{measure: {"ours_hm"|"ref_hm"|...: [seconds]}}``."""
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, int]]]:
+    """Time ours and the reference, alternating: ``{measure: {"ours_hm"|"ref_hm"|...: [seconds]}}``,
+    and with ``--memory`` their peak memory in bytes (``speed.peak_memory``, one more run each)."""
     device = pick_device(args.device)
     ours = {m: build("hsnet", m, args.backbone, device, None) for m in args.maskings}
     refs = {}
     for m in args.maskings:
         torch.manual_seed(0)
         refs[m] = reference[m](args.backbone).to(device).eval()
-    results = {}
+    results, memory = {}, {}
     measures: dict[str, tuple] = {
         f"infer_{k}shot": (make_episode(1, k, args.img_size, device), k) for k in args.shots
     }
@@ -169,7 +172,14 @@ def compare(
             ),
             flush=True,
         )
-    return results
+        if args.memory:
+            memory[measure] = {name: peak_memory(fn, device) for name, fn in cases.items()}
+            print(
+                f"{measure} peak MiB: "
+                + ", ".join(f"{name} {b / 2**20:.0f}" for name, b in memory[measure].items()),
+                flush=True,
+            )
+    return results, memory
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -189,6 +199,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--clock", choices=("wall", "process"), default="wall", help="CPU timer (see speed.py)"
     )
+    parser.add_argument("--memory", action="store_true", help="also measure each case's peak memory")
     parser.add_argument("--out", type=Path, default=None, help="write the times as JSON here")
     return parser.parse_args(argv)
 
@@ -202,8 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"repeats {args.repeats}, clock {args.clock}"
     )
     with reference_networks(args.hsnet, args.hm) as reference:
-        results = compare(args, reference)
-    return write_results(args, {"times_s": results})
+        results, memory = compare(args, reference)
+    return write_results(args, {"times_s": results, "peak_mem_bytes": memory})
 
 
 if __name__ == "__main__":

@@ -78,9 +78,12 @@ def test_reference_comparison_builds_the_reference_package_without_downloads(tmp
     out = tmp_path / "ref.json"
     result = reference.main(
         ["--hsnet", str(hsnet), "--hm", str(hm), "--img-size", "64", "--shots", "1", "2", "--repeats", "1",
-         "--warmup", "0", "--train", "--train-batch", "1", "--device", "cpu", "--out", str(out)]
+         "--warmup", "0", "--train", "--train-batch", "1", "--device", "cpu", "--memory", "--out", str(out)]
     )  # fmt: skip
-    times = json.loads(out.read_text())["times_s"]
+    saved = json.loads(out.read_text())
+    times = saved["times_s"]
+    assert set(saved["peak_mem_bytes"]) == set(times)
+    assert all(b > 0 for per_case in saved["peak_mem_bytes"].values() for b in per_case.values())
     assert times == result["times_s"]
     assert set(times) == {"infer_1shot", "infer_2shot", "train_step"}
     for measure in times.values():
