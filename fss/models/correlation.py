@@ -94,7 +94,7 @@ def multilayer_correlation(
         query_feats, support_feats: per level [N, C_l, h_l, w_l].
         feat_layers: the ResNet stage of each level (``Backbone.feat_layers``).
         layers: the stages to return, in order.
-        query_major: store each result as [N, ha, wa, n_blocks, hb, wb] (see ``_correlate_rows``).
+        query_major: store each result as [N, ha, wa, n_blocks, hb, wb] (see ``_correlate_unit_rows``).
 
     Returns:
         For each stage in ``layers``: [N, n_blocks, ha, wa, hb, wb].
