@@ -6,8 +6,9 @@ How to add a dataset (PASCAL-5i, COCO-20i, FSS-1000 and the synthetic set all fo
    ``num_folds`` (override :meth:`EpisodicDataset.fold_class_ids` when a fold is not a contiguous
    block of class ids, e.g. COCO-20i's interleaved folds, or :meth:`EpisodicDataset.split_class_ids`
    when the splits are fixed class lists, e.g. FSS-1000). In ``__init__`` take your own arguments
-   (``root``, ...) plus the base ones, call ``super().__init__(...)`` and build your index (which
-   images hold which class), raising an error that names the missing path and the expected layout.
+   (``root``, ...) plus ``**kwargs`` for the base ones, call ``super().__init__(**kwargs)`` and build
+   your index (which images hold which class), raising an error that names the missing path and the
+   expected layout.
 2. Implement ``make_episode(rng, index) -> Episode``: draw *every* random choice from ``rng`` (a NumPy
    generator that is a pure function of seed, split, fold, epoch and index; never use ``random``,
    ``np.random.*`` or ``torch.rand*`` globals), load the images and label maps, turn the label maps
@@ -15,13 +16,21 @@ How to add a dataset (PASCAL-5i, COCO-20i, FSS-1000 and the synthetic set all fo
    :func:`fss.data.transforms.build_episode` (pass ``keep_original_mask=self.use_original_imgsize``).
    ``index`` may select the query deterministically (the reference PASCAL code uses
    ``index % len(pairs)``); ``self.class_ids`` are the classes of this split.
-   Optionally override ``default_num_episodes()`` (used when ``num_episodes`` is ``None``).
-3. Subclass :class:`EpisodicDataModule`: set ``dataset_class``, write an explicit, typed ``__init__``
-   (your arguments first, e.g. ``root: str``, then the base ones with the defaults you want) that
-   calls ``super().__init__(...)``, and return your extra dataset arguments from
-   :meth:`EpisodicDataModule.dataset_kwargs`. The base class builds the datasets in ``setup`` and the
-   dataloaders with :class:`~fss.data.sampling.EpisodeSampler` and
-   :func:`~fss.data.episode.collate_episodes`.
+   Override ``default_num_episodes()`` (used when an episode count is ``None``, the default).
+   File-based datasets can build on :class:`fss.data.common.ImageEpisodeDataset`, which does the
+   query/support drawing and loading once for all of them.
+3. Subclass :class:`EpisodicDataModule` (or :class:`fss.data.common.FileDataModule` for a dataset of
+   files, which adds ``augment`` / ``augment_config``): set ``dataset_class`` and write an ``__init__``
+   that declares *only your own* typed, documented arguments followed by ``**kwargs``, and passes
+   ``**kwargs`` on to ``super().__init__``. The shared episode options (fold, shot, img_size,
+   batch_size, eval_batch_size, num_workers, the episode counts, seed, use_original_imgsize,
+   support_label) are declared once, here; jsonargparse follows ``**kwargs`` to this class, so they
+   still appear, typed and documented, in ``fss fit --help`` for your module. To give one of them
+   another default, declare just that one again and pass it on by name (the synthetic module does
+   so for ``img_size``). Return your dataset's extra arguments from
+   :meth:`EpisodicDataModule.dataset_kwargs` (merge with ``super().dataset_kwargs()``). The base
+   class builds the datasets in ``setup`` and the dataloaders with
+   :class:`~fss.data.sampling.EpisodeSampler` and :func:`~fss.data.episode.collate_episodes`.
 4. Re-export the data module in ``fss/data/__init__.py`` so configs can say
    ``class_path: fss.data.MyDataModule``, and add a test with a tiny fixture in the real on-disk format.
 
@@ -211,15 +220,19 @@ class EpisodicDataModule(pl.LightningDataModule):
         batch_size: episodes per training batch.
         eval_batch_size: episodes per validation/test batch; ``None`` means ``batch_size``.
         num_workers: dataloader worker processes (episodes do not depend on it).
-        train_episodes: training episodes per epoch; ``None`` uses the dataset's default.
-        val_episodes: validation episodes (fixed: the same every epoch and run); ``None``: the dataset's default.
-        test_episodes: test episodes (fixed; drawn independently of the validation ones); ``None``: likewise.
+        train_episodes: training episodes per epoch; ``None``: the dataset's default (PASCAL-5i,
+            COCO-20i, FSS-1000: one pass over the training images; synthetic: 2000).
+        val_episodes: validation episodes (fixed: the same every epoch and run); ``None``: the
+            dataset's default (1000 as the references; FSS-1000: every image of the split once).
+        test_episodes: test episodes (fixed; drawn independently of the validation ones); ``None``:
+            the dataset's default, as for ``val_episodes``.
         seed: episode seed; changing it draws a different set of episodes.
         use_original_imgsize: val/test episodes also carry ``org_query_mask`` at the original size, to
             evaluate there (needs ``eval_batch_size=1``).
         support_label: ``mask`` or ``bbox`` (every support mask replaced by its filled bounding box,
-            in all splits; see :class:`EpisodicDataset`). Subclasses expose it by taking
-            ``support_label: str = "mask"`` and passing it on to ``super().__init__``.
+            in all splits; see :class:`EpisodicDataset`).
+
+    Subclasses declare only their own options plus ``**kwargs`` (see the module docstring).
 
     After ``__init__``: ``num_classes`` (total classes, for the metric state), ``class_names`` and
     ``eval_class_ids`` (the held-out classes) are available without building any dataset.
@@ -237,8 +250,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         train_episodes: int | None = None,
-        val_episodes: int | None = 1000,
-        test_episodes: int | None = 1000,
+        val_episodes: int | None = None,
+        test_episodes: int | None = None,
         seed: int = 0,
         use_original_imgsize: bool = False,
         support_label: SupportLabel = "mask",

@@ -43,9 +43,9 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from fss.data.base import EpisodicDataModule, SupportLabel
 from fss.data.common import (
     DatasetLayoutError,
+    FileDataModule,
     ImageEpisodeDataset,
     cache_dir,
     read_image,
@@ -369,13 +369,11 @@ class COCO20iDataset(ImageEpisodeDataset):
         return [self.image_path(item)] + ([mask_path] if mask_path is not None else [])
 
 
-class COCO20iDataModule(EpisodicDataModule):
+class COCO20iDataModule(FileDataModule):
     """COCO-20i episodes (train on ``train2014``, val/test on ``val2014``).
 
     Args:
         root: folder with ``train2014``, ``val2014`` and ``annotations`` (or containing ``COCO2014``).
-        fold: held-out fold 0..3.
-        shot: support images per episode.
         class_split: ``interleaved`` (HSNet/VAT/ASNet/HM: fold i = classes i+1, i+5, ..., 1-based) or
             ``contiguous`` (fold i = classes 20i+1 .. 20i+20).
         mask_source: ``auto`` (PNGs if present, else JSON), ``json`` (pycocotools) or ``png``.
@@ -383,11 +381,9 @@ class COCO20iDataModule(EpisodicDataModule):
         split_dir: folder with HSNet's ``{trn,val}/fold{i}.pkl`` lists (trusted pickles); ``null``
             indexes the masks.
         min_fg_pixels: without ``split_dir``, keep (image, class) pairs with at least this many pixels.
-        augment: built-in albumentations augmentation of training episodes.
-        augment_config: path of an ``albumentations.save``-d pipeline for training (overrides ``augment``).
-        img_size, batch_size, eval_batch_size, num_workers, train_episodes, val_episodes, test_episodes,
-        seed, use_original_imgsize: see :class:`~fss.data.base.EpisodicDataModule` (``train_episodes:
-        null`` = as many episodes as training images).
+        **kwargs: the augmentation options of :class:`~fss.data.common.FileDataModule` and the shared
+            episode options of :class:`~fss.data.base.EpisodicDataModule` (fold 0..3; episode counts
+            ``null``: as many training episodes as training images, 1000 val/test episodes).
     """
 
     dataset_class = COCO20iDataset
@@ -395,41 +391,15 @@ class COCO20iDataModule(EpisodicDataModule):
     def __init__(
         self,
         root: str,
-        fold: int = 0,
-        shot: int = 1,
         class_split: CocoClassSplit = "interleaved",
         mask_source: MaskSource = "auto",
         crowd: CrowdMode = "include",
         split_dir: str | None = None,
         min_fg_pixels: int = 0,
-        augment: bool = False,
-        augment_config: str | None = None,
-        img_size: int = 400,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        train_episodes: int | None = None,
-        val_episodes: int = 1000,
-        test_episodes: int = 1000,
-        seed: int = 0,
-        use_original_imgsize: bool = False,
-        support_label: SupportLabel = "mask",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            fold=fold,
-            shot=shot,
-            img_size=img_size,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_episodes=train_episodes,
-            val_episodes=val_episodes,
-            test_episodes=test_episodes,
-            seed=seed,
-            use_original_imgsize=use_original_imgsize,
-            support_label=support_label,
-        )
-        coco_fold_class_ids(fold, class_split)  # validates class_split
+        super().__init__(**kwargs)
+        coco_fold_class_ids(self.fold, class_split)  # validates class_split
         if mask_source not in ("auto", "json", "png"):
             raise ValueError(f"data.mask_source must be 'auto', 'json' or 'png', got {mask_source!r}")
         if crowd not in ("include", "ignore"):
@@ -442,8 +412,6 @@ class COCO20iDataModule(EpisodicDataModule):
         self.crowd: CrowdMode = crowd
         self.split_dir = split_dir
         self.min_fg_pixels = min_fg_pixels
-        self.augment = augment
-        self.augment_config = augment_config
 
     @property
     def eval_class_ids(self) -> list[int]:
@@ -455,12 +423,11 @@ class COCO20iDataModule(EpisodicDataModule):
 
     def dataset_kwargs(self) -> dict[str, Any]:
         return {
+            **super().dataset_kwargs(),
             "root": self.root,
             "class_split": self.class_split,
             "mask_source": self.mask_source,
             "crowd": self.crowd,
             "split_dir": self.split_dir,
             "min_fg_pixels": self.min_fg_pixels,
-            "augment": self.augment,
-            "augment_config": self.augment_config,
         }

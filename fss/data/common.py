@@ -10,6 +10,7 @@
 * :class:`ImageEpisodeDataset`: an :class:`~fss.data.base.EpisodicDataset` whose classes map to lists
   of image items; it drops classes with fewer than ``shot + 1`` images (with a warning), draws
   supports without replacement and never equal to the query, and assembles the episode.
+* :class:`FileDataModule`: the data module base of those datasets (adds the augmentation options).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fss.data.base import EpisodicDataset
+from fss.data.base import EpisodicDataModule, EpisodicDataset
 from fss.data.episode import IGNORE_INDEX, Episode
 from fss.data.transforms import build_episode, resize_label, to_label_tensor
 
@@ -346,3 +347,24 @@ class ImageEpisodeDataset(EpisodicDataset):
         """Every file the episodes of this split may read."""
         for item in self.items():
             yield from self.item_files(item)
+
+
+class FileDataModule(EpisodicDataModule):
+    """Base of the data modules over image files: the shared episode options plus augmentation.
+
+    Args:
+        augment: built-in albumentations augmentation of training episodes (:func:`default_augmentation`).
+        augment_config: path of an ``albumentations.save``-d pipeline for training (overrides ``augment``).
+        **kwargs: the shared episode options of :class:`~fss.data.base.EpisodicDataModule`.
+
+    Subclasses declare their ``root`` and other own options, pass ``**kwargs`` on, and merge their
+    dataset arguments into :meth:`dataset_kwargs`.
+    """
+
+    def __init__(self, augment: bool = False, augment_config: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.augment = augment
+        self.augment_config = augment_config
+
+    def dataset_kwargs(self) -> dict[str, Any]:
+        return {"augment": self.augment, "augment_config": self.augment_config}

@@ -36,10 +36,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fss.data.base import EpisodicDataModule, SupportLabel
 from fss.data.common import (
     IMAGE_SUFFIXES,
     DatasetLayoutError,
+    FileDataModule,
     ImageEpisodeDataset,
     query_position,
     read_image,
@@ -259,23 +259,18 @@ class FSS1000Dataset(ImageEpisodeDataset):
         return [self.root / item[0] / item[1], self.root / item[0] / item[2]]
 
 
-class FSS1000DataModule(EpisodicDataModule):
+class FSS1000DataModule(FileDataModule):
     """FSS-1000 (or one's own folder-per-class dataset) episodes.
 
     Args:
         root: folder of class folders (``<class>/<stem>.jpg`` + ``<class>/<stem>.png``), or containing
             ``FSS-1000``.
-        fold: always 0 (FSS-1000 has no folds; kept so that ``--data.fold 0`` works everywhere).
-        shot: support images per episode.
         split_dir: folder with the class lists ``trn.txt``, ``val.txt``, ``test.txt``; ``null`` splits
             the classes at random (seeded by ``split_seed``; 52/24/24 %).
         split_seed: seed of that random class split (independent of the episode ``seed``).
-        augment: built-in albumentations augmentation of training episodes.
-        augment_config: path of an ``albumentations.save``-d pipeline for training (overrides ``augment``).
-        val_episodes, test_episodes: ``null`` (default) = every image of the split once as the query.
-        img_size, batch_size, eval_batch_size, num_workers, train_episodes, seed, use_original_imgsize:
-            see :class:`~fss.data.base.EpisodicDataModule` (``train_episodes: null`` = every training
-            image once).
+        **kwargs: the augmentation options of :class:`~fss.data.common.FileDataModule` and the shared
+            episode options of :class:`~fss.data.base.EpisodicDataModule` (``fold`` is always 0:
+            FSS-1000 has no folds; episode counts ``null``: every image of the split once as the query).
     """
 
     dataset_class = FSS1000Dataset
@@ -283,42 +278,14 @@ class FSS1000DataModule(EpisodicDataModule):
     def __init__(
         self,
         root: str,
-        fold: int = 0,
-        shot: int = 1,
         split_dir: str | None = None,
         split_seed: int = 0,
-        augment: bool = False,
-        augment_config: str | None = None,
-        img_size: int = 400,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        train_episodes: int | None = None,
-        val_episodes: int | None = None,
-        test_episodes: int | None = None,
-        seed: int = 0,
-        use_original_imgsize: bool = False,
-        support_label: SupportLabel = "mask",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            fold=fold,
-            shot=shot,
-            img_size=img_size,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_episodes=train_episodes,
-            val_episodes=val_episodes,
-            test_episodes=test_episodes,
-            seed=seed,
-            use_original_imgsize=use_original_imgsize,
-            support_label=support_label,
-        )
+        super().__init__(**kwargs)
         self.root = root
         self.split_dir = split_dir
         self.split_seed = split_seed
-        self.augment = augment
-        self.augment_config = augment_config
         self._splits: dict[str, list[str]] | None = None
 
     @property
@@ -352,9 +319,8 @@ class FSS1000DataModule(EpisodicDataModule):
 
     def dataset_kwargs(self) -> dict[str, Any]:
         return {
+            **super().dataset_kwargs(),
             "root": self.root,
             "split_dir": self.split_dir,
             "split_seed": self.split_seed,
-            "augment": self.augment,
-            "augment_config": self.augment_config,
         }

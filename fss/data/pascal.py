@@ -41,9 +41,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from fss.data.base import EpisodicDataModule, SupportLabel, contiguous_fold_class_ids
+from fss.data.base import contiguous_fold_class_ids
 from fss.data.common import (
     DatasetLayoutError,
+    FileDataModule,
     ImageEpisodeDataset,
     cache_dir,
     query_position,
@@ -274,22 +275,18 @@ class Pascal5iDataset(ImageEpisodeDataset):
         return [self.image_path(item), self.mask_path(item)]
 
 
-class PascalDataModule(EpisodicDataModule):
+class PascalDataModule(FileDataModule):
     """PASCAL-5i episodes (``class_split: coco2pascal`` for the COCO -> PASCAL cross-domain test).
 
     Args:
         root: folder containing ``VOC2012`` (JPEGImages, SegmentationClassAug, ImageSets).
-        fold: held-out fold 0..3.
-        shot: support images per episode.
         split_dir: folder with the standard lists ``{trn,val}/fold{i}.txt`` (``<image>__<cc>`` lines);
             ``null`` generates lists from the masks (cached, with a warning).
         class_split: ``standard`` or ``coco2pascal`` (test-only cross-domain classes).
         min_fg_pixels: generated lists keep (image, class) pairs with at least this many class pixels.
-        augment: built-in albumentations augmentation of training episodes.
-        augment_config: path of an ``albumentations.save``-d pipeline for training (overrides ``augment``).
-        img_size, batch_size, eval_batch_size, num_workers, train_episodes, val_episodes, test_episodes,
-        seed, use_original_imgsize: see :class:`~fss.data.base.EpisodicDataModule` (``train_episodes:
-        null`` = one pass over the training pairs).
+        **kwargs: the augmentation options of :class:`~fss.data.common.FileDataModule` and the shared
+            episode options of :class:`~fss.data.base.EpisodicDataModule` (fold 0..3; episode counts
+            ``null``: one pass over the training pairs, 1000 val/test episodes).
     """
 
     dataset_class = Pascal5iDataset
@@ -297,38 +294,12 @@ class PascalDataModule(EpisodicDataModule):
     def __init__(
         self,
         root: str,
-        fold: int = 0,
-        shot: int = 1,
         split_dir: str | None = None,
         class_split: PascalClassSplit = "standard",
         min_fg_pixels: int = 0,
-        augment: bool = False,
-        augment_config: str | None = None,
-        img_size: int = 400,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        train_episodes: int | None = None,
-        val_episodes: int = 1000,
-        test_episodes: int = 1000,
-        seed: int = 0,
-        use_original_imgsize: bool = False,
-        support_label: SupportLabel = "mask",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            fold=fold,
-            shot=shot,
-            img_size=img_size,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_episodes=train_episodes,
-            val_episodes=val_episodes,
-            test_episodes=test_episodes,
-            seed=seed,
-            use_original_imgsize=use_original_imgsize,
-            support_label=support_label,
-        )
+        super().__init__(**kwargs)
         if class_split not in ("standard", "coco2pascal"):
             raise ValueError(f"data.class_split must be 'standard' or 'coco2pascal', got {class_split!r}")
         if min_fg_pixels < 0:
@@ -337,8 +308,6 @@ class PascalDataModule(EpisodicDataModule):
         self.split_dir = split_dir
         self.class_split: PascalClassSplit = class_split
         self.min_fg_pixels = min_fg_pixels
-        self.augment = augment
-        self.augment_config = augment_config
 
     @property
     def eval_class_ids(self) -> list[int]:
@@ -353,10 +322,9 @@ class PascalDataModule(EpisodicDataModule):
 
     def dataset_kwargs(self) -> dict[str, Any]:
         return {
+            **super().dataset_kwargs(),
             "root": self.root,
             "split_dir": self.split_dir,
             "class_split": self.class_split,
             "min_fg_pixels": self.min_fg_pixels,
-            "augment": self.augment,
-            "augment_config": self.augment_config,
         }

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from fss.data.base import EpisodicDataModule, EpisodicDataset, SupportLabel
+from fss.data.base import EpisodicDataModule, EpisodicDataset
 from fss.data.episode import Episode
 from fss.data.transforms import normalize_array_
 
@@ -304,7 +304,7 @@ class SyntheticFSS(EpisodicDataset):
         self.max_distractors = max_distractors
 
     def default_num_episodes(self) -> int:
-        return 1000
+        return 2000 if self.split == "train" else 1000
 
     def make_episode(self, rng: np.random.Generator, index: int) -> Episode:
         class_id = self.class_ids[index % len(self.class_ids)]
@@ -337,44 +337,23 @@ class SyntheticDataModule(EpisodicDataModule):
     """Episodic data module of :class:`SyntheticFSS` (48 classes, 4 folds, no files needed).
 
     Args:
-        fold, shot, img_size, batch_size, eval_batch_size, num_workers, train_episodes, val_episodes,
-            test_episodes, seed, use_original_imgsize: see :class:`~fss.data.base.EpisodicDataModule`.
         min_distractors, max_distractors: range of the number of other-class objects per image.
+        img_size: side of the square images the model sees (at least 32; smaller than the real
+            benchmarks' 400 so that CPU runs are fast).
+        **kwargs: the shared episode options of :class:`~fss.data.base.EpisodicDataModule` (episode
+            counts ``null``: 2000 training and 1000 val/test episodes).
     """
 
     dataset_class = SyntheticFSS
 
     def __init__(
         self,
-        fold: int = 0,
-        shot: int = 1,
-        img_size: int = 128,
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        train_episodes: int | None = 2000,
-        val_episodes: int = 1000,
-        test_episodes: int = 1000,
-        seed: int = 0,
-        use_original_imgsize: bool = False,
-        support_label: SupportLabel = "mask",
         min_distractors: int = 1,
         max_distractors: int = 3,
+        img_size: int = 128,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            fold=fold,
-            shot=shot,
-            img_size=img_size,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            train_episodes=train_episodes,
-            val_episodes=val_episodes,
-            test_episodes=test_episodes,
-            seed=seed,
-            use_original_imgsize=use_original_imgsize,
-            support_label=support_label,
-        )
+        super().__init__(img_size=img_size, **kwargs)
         if not 0 <= min_distractors <= max_distractors:
             raise ValueError(
                 "SyntheticDataModule: need 0 <= data.min_distractors <= data.max_distractors, got "
