@@ -132,3 +132,36 @@ class BestEpochTracker(Callback):
         self.best_value = state_dict["best_value"]
         self._elapsed_before = state_dict["wall_time"]
         self.initial_value = state_dict.get("initial_value")
+
+
+class TestResultsWriter(Callback):
+    """Writes ``test_results.json`` (test mIoU, FB-IoU and IoU per class) into the test run directory.
+
+    Runs before the task's ``on_test_epoch_end`` (which resets the metric), reading the task's
+    ``test`` metric (:class:`fss.metrics.FewShotIoU`); class names come from the data module's
+    ``class_names`` when it has them.
+
+    Args:
+        filename: name of the JSON file written into ``trainer.log_dir``.
+    """
+
+    def __init__(self, filename: str = "test_results.json") -> None:
+        super().__init__()
+        self.filename = filename
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metric = pl_module.metric("test")  # FewShotSegmentationTask.metric
+        values = {k: float(v) for k, v in metric.compute().items()}
+        per_class = metric.per_class_iou().tolist()  # [num_classes], NaN for unseen classes
+        names = list(getattr(trainer.datamodule, "class_names", []) or [])
+        per_class_iou = {
+            (names[c] if c < len(names) else str(c)): round(v, 4)
+            for c, v in enumerate(per_class)
+            if not math.isnan(v)
+        }
+        if not trainer.is_global_zero:
+            return
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        results = {"test_miou": values["miou"], "test_fbiou": values["fbiou"], "per_class_iou": per_class_iou}
+        (run_dir / self.filename).write_text(json.dumps(results, indent=2) + "\n")

@@ -5,15 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import shlex
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from fss import study as study_mod
 from fss.cli import main as fss_main
-from fss.study import Study, epoch_reaching, read_curve, summarize
+from fss.study import Study, epoch_reaching, read_curve, runner, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,13 +124,13 @@ def test_resume_skips_finished_runs_and_restarts_interrupted_ones(
     study = Study.from_file(tiny.parent / "tiny_study.yaml")
     fm, hm = study.runs()
     calls: list[list[str]] = []
-    real_execute = study_mod._execute
+    real_execute = runner._execute
 
     def spy(args: list[str], launcher: str, log: Path) -> None:
         calls.append(list(args))
         real_execute(args, launcher, log)
 
-    monkeypatch.setattr(study_mod, "_execute", spy)
+    monkeypatch.setattr(runner, "_execute", spy)
     monkeypatch.setattr(sys, "argv", ["fss"])
     # every run finished: nothing is executed
     assert study_mod.run_study(study, "inprocess") == {fm.name: "skipped", hm.name: "skipped"}
@@ -250,7 +252,7 @@ def test_pretrain_runs_first_once_when_its_output_is_missing(
     first = capsys.readouterr().out.splitlines()[0]
     assert first == f"# first, once: fss pretrain --config {pretrain_config}"
     calls: list[list[str]] = []
-    monkeypatch.setattr(study_mod, "_execute", lambda args, launcher, log: calls.append(list(args)))
+    monkeypatch.setattr(runner, "_execute", lambda args, launcher, log: calls.append(list(args)))
     study = Study.from_file(config)
     assert study_mod.run_study(study, "inprocess", indices=[]) == {}
     assert calls == [["pretrain", "--config", str(pretrain_config)]]
@@ -279,3 +281,92 @@ def test_embedded_base_config(
         fss_main([*fit_args, "--print_config"])
     assert exit_info.value.code == 0, capsys.readouterr().err
     assert "masking: fm" in capsys.readouterr().out
+
+
+def test_write_slurm_gives_an_array_script_and_the_command_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_tiny_study(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    slurm = {"partition": "gpu", "time": "0-02:00:00", "max_parallel": 1, "extra": {"constraint": "a100"}}
+    config.write_text(yaml.safe_dump({**raw, "slurm": slurm}))
+    assert study_mod.main(["--config", str(config), "--emit-commands"]) == 0
+    expected = capsys.readouterr().out.strip().splitlines()
+    assert study_mod.main(["--config", str(config), "--write-slurm"]) == 0
+    out = tmp_path / "study"
+    assert (out / "commands.txt").read_text().strip().splitlines() == expected
+    script = (out / "study.sbatch").read_text()
+    directives = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert "#SBATCH --array=0-1%1" in directives  # two runs, one at a time
+    assert {"#SBATCH --partition=gpu", "#SBATCH --time=0-02:00:00", "#SBATCH --constraint=a100"} <= set(
+        directives
+    )
+    assert "#SBATCH --gres=gpu:1" in directives and "#SBATCH --job-name=tiny" in directives
+    task = [line for line in script.splitlines() if "--run-index" in line]
+    assert task == [f'fss study --config {config} --output-dir {out} --run-index "$SLURM_ARRAY_TASK_ID"']
+    assert "source .venv/bin/activate" in script.splitlines()
+    assert subprocess.run(["bash", "-n", str(out / "study.sbatch")]).returncode == 0  # valid shell
+    assert not (out / "runs").exists()  # nothing was run
+
+
+def test_slurm_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_tiny_study(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**raw, "slurm": {"gpus": 2}}))
+    assert study_mod.main(["--config", str(config), "--write-slurm"]) == 2
+    err = capsys.readouterr().err
+    assert str(config) in err and "'gpus'" in err and "gpus_per_node" in err
+    config.write_text(yaml.safe_dump({**raw, "slurm": {"gpus_per_node": "two"}}))
+    assert study_mod.main(["--config", str(config), "--write-slurm"]) == 2
+    assert "slurm.gpus_per_node" in capsys.readouterr().err
+
+
+def test_submit_uses_submitit_with_the_slurm_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_tiny_study(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**raw, "slurm": {"time": 90, "partition": "gpu", "cpus_per_task": 4}}))
+    monkeypatch.setitem(sys.modules, "submitit", None)  # not installed: a clear message, exit 2
+    assert study_mod.main(["--config", str(config), "--submit"]) == 2
+    assert 'pip install "fss[cluster]"' in capsys.readouterr().err
+
+    submitted: dict[str, object] = {}
+
+    class Job:
+        def __init__(self, result: str) -> None:
+            self.job_id, self._result = "42", result
+
+        def result(self) -> str:
+            return self._result
+
+    class Executor:  # a stand-in for submitit.AutoExecutor that records what it is given
+        def __init__(self, folder: str) -> None:
+            submitted["folder"] = folder
+
+        def update_parameters(self, **params: object) -> None:
+            submitted["params"] = params
+
+        def map_array(self, fn, configs, output_dirs, indices):  # noqa: ANN001
+            submitted["call"] = (fn, list(configs), list(output_dirs), list(indices))
+            return [Job("skipped") for _ in indices]
+
+    monkeypatch.setitem(sys.modules, "submitit", SimpleNamespace(AutoExecutor=Executor))
+    monkeypatch.setattr(
+        study_mod.command, "report", lambda study: {"study.md": "s", "runs.csv": "r", "curves.png": "c"}
+    )
+    assert study_mod.main(["--config", str(config), "--submit"]) == 0
+    params = submitted["params"]
+    assert params["timeout_min"] == 90 and params["slurm_partition"] == "gpu" and params["cpus_per_task"] == 4
+    fn, configs, output_dirs, indices = submitted["call"]
+    assert fn is runner.run_one_by_index and indices == [0, 1]
+    assert configs == [str(config)] * 2 and output_dirs == [str(tmp_path / "study")] * 2
+
+
+def test_slurm_time_in_minutes() -> None:
+    from fss.study.config import SlurmOptions
+
+    assert SlurmOptions(time="1-02:30:00").minutes() == 1590
+    assert SlurmOptions(time="45:00").minutes() == 45
+    assert SlurmOptions(time="00:00:01").minutes() == 1
+    assert SlurmOptions(time=90).minutes() == 90
