@@ -14,6 +14,8 @@ How to add a dataset (PASCAL-5i, COCO-20i, FSS-1000 and the synthetic set all fo
    ``np.random.*`` or ``torch.rand*`` globals), load the images and label maps, turn the label maps
    into 0/1/255 target maps (:func:`fss.data.transforms.binarize_label`) and return
    :func:`fss.data.transforms.build_episode` (pass ``keep_original_mask=self.use_original_imgsize``).
+   For FS-CS episodes (``data.fscs``) also implement ``make_fscs_episode(rng, index)`` (see
+   :mod:`fss.data.fscs`; file datasets inherit one from ``ImageEpisodeDataset``).
    ``index`` may select the query deterministically (the reference PASCAL code uses
    ``index % len(pairs)``); ``self.class_ids`` are the classes of this split.
    Override ``default_num_episodes()`` (used when an episode count is ``None``, the default).
@@ -24,8 +26,8 @@ How to add a dataset (PASCAL-5i, COCO-20i, FSS-1000 and the synthetic set all fo
    that declares *only your own* typed, documented arguments followed by ``**kwargs``, and passes
    ``**kwargs`` on to ``super().__init__``. The shared episode options (fold, shot, img_size,
    batch_size, eval_batch_size, num_workers, the episode counts, seed, use_original_imgsize,
-   support_label) are declared once, here; jsonargparse follows ``**kwargs`` to this class, so they
-   still appear, typed and documented, in ``fss fit --help`` for your module. To give one of them
+   support_label, fscs, way) are declared once, here; jsonargparse follows ``**kwargs`` to this
+   class, so they still appear, typed and documented, in ``fss fit --help`` for your module. To give one of them
    another default, declare just that one again and pass it on by name (the synthetic module does
    so for ``img_size``). Return your dataset's extra arguments from
    :meth:`EpisodicDataModule.dataset_kwargs` (merge with ``super().dataset_kwargs()``). The base
@@ -54,20 +56,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fss.data.episode import Episode, collate_episodes
+from fss.data.fscs import FSCSEpisode
 from fss.data.sampling import SPLIT_CODES, EpisodeSampler, decode_key, episode_rng, split_code
 from fss.data.transforms import mask_to_bbox
 
 SPLITS: tuple[str, ...] = tuple(SPLIT_CODES)
 
-#: how support masks are given to the model: full masks, or the filled bounding box of each mask
-SupportLabel = Literal["mask", "bbox"]
-SUPPORT_LABELS: tuple[str, ...] = ("mask", "bbox")
+#: how support masks are given to the model: full masks, the filled bounding box of each mask, or
+#: only the class tag (every support mask is all ones: the whole image is "the class")
+SupportLabel = Literal["mask", "bbox", "tag"]
+SUPPORT_LABELS: tuple[str, ...] = ("mask", "bbox", "tag")
 
 
 def check_support_label(support_label: str, owner: str) -> None:
-    """Raise a ``ValueError`` naming ``owner`` unless ``support_label`` is ``mask`` or ``bbox``."""
+    """Raise a ``ValueError`` naming ``owner`` unless ``support_label`` is ``mask``, ``bbox`` or ``tag``."""
     if support_label not in SUPPORT_LABELS:
-        raise ValueError(f"{owner}: support_label must be 'mask' or 'bbox', got {support_label!r}")
+        raise ValueError(f"{owner}: support_label must be 'mask', 'bbox' or 'tag', got {support_label!r}")
 
 
 def contiguous_fold_class_ids(num_classes: int, num_folds: int, fold: int) -> list[int]:
@@ -89,19 +93,28 @@ class EpisodicDataset(Dataset[Episode], ABC):
         seed: the episode seed (see :func:`fss.data.sampling.episode_rng`).
         img_size: side S of the square images the model sees.
         use_original_imgsize: also return ``org_query_mask`` (the query mask at its original size).
-        support_label: ``mask`` (full support masks) or ``bbox``: every support mask is replaced by
+        support_label: ``mask`` (full support masks), ``bbox``: every support mask is replaced by
             the filled bounding box of its foreground (:func:`fss.data.transforms.mask_to_bbox`), the
-            weak-annotation setting. Only ``support_masks`` change, after ``make_episode``, so it
-            composes with any dataset and any masking strategy. Subclasses that do not take this
-            argument get it set as an attribute by :meth:`EpisodicDataModule.build_dataset`.
+            weak-annotation setting, or ``tag``: every support mask is all ones (only the class tag is
+            known: iFSL's weak supervision). Only ``support_masks`` change, after the episode is made,
+            so it composes with any dataset, episode type and masking strategy. Subclasses that do not
+            take this argument get it set as an attribute by :meth:`EpisodicDataModule.build_dataset`.
+
+    FS-CS episodes (:mod:`fss.data.fscs`): with the attributes ``fscs = True`` and ``way = N`` (set by
+    :meth:`EpisodicDataModule.build_dataset`), items are N-way FS-CS episodes made by
+    :meth:`make_fscs_episode` instead of 1-way FS-S episodes.
 
     ``dataset[key]`` decodes ``key`` into ``(epoch, index)`` (:func:`fss.data.sampling.decode_key`;
     keys below ``len(dataset)`` are epoch 0) and returns ``make_episode(rng, index)``. Validation and
     test episodes ignore the epoch, so they never change.
     """
 
-    #: ``mask`` or ``bbox`` (see the class docstring); a class default so subclasses need not forward it
+    #: ``mask``, ``bbox`` or ``tag`` (see the class docstring); a class default so subclasses need not
+    #: forward it
     support_label: str = "mask"
+    #: FS-CS episodes of ``way`` ways instead of FS-S ones (set by the data module, see the docstring)
+    fscs: bool = False
+    way: int = 1
 
     #: total number of classes of the benchmark (size of the metric state)
     num_classes: ClassVar[int]
@@ -185,23 +198,59 @@ class EpisodicDataset(Dataset[Episode], ABC):
 
     def __getitem__(self, key: int) -> Episode:
         epoch, index = decode_key(key, self.num_episodes)
-        return self.apply_support_label(self.make_episode(self.rng(index, epoch), index))
+        return self._build(index, epoch)
 
     def episode(self, index: int, epoch: int = 0) -> Episode:
         """Episode ``index`` of ``epoch`` (a convenience for notebooks and tests)."""
         if not 0 <= index < self.num_episodes:
             raise IndexError(f"episode index {index} out of range [0, {self.num_episodes})")
-        return self.apply_support_label(self.make_episode(self.rng(index, epoch), index))
+        return self._build(index, epoch)
+
+    def _build(self, index: int, epoch: int) -> Episode:
+        rng = self.rng(index, epoch)
+        if self.fscs:
+            episode: Any = self.make_fscs_episode(rng, index)
+        else:
+            episode = self.make_episode(rng, index)
+        return self.apply_support_label(episode)
 
     def apply_support_label(self, episode: Episode) -> Episode:
-        """With ``support_label == "bbox"``, replace ``support_masks`` [K, H, W] by their filled boxes."""
+        """Replace ``support_masks`` ([K, H, W], or [N, K, H, W] in FS-CS) by their filled boxes
+        (``bbox``) or by ones (``tag``); ``mask`` keeps them."""
         if self.support_label == "bbox":
             episode["support_masks"] = mask_to_bbox(episode["support_masks"])
+        elif self.support_label == "tag":
+            episode["support_masks"] = torch.ones_like(episode["support_masks"])
         return episode
+
+    def fscs_class_ids(self) -> list[int]:
+        """The classes FS-CS episodes draw their ways from (override when some classes are unusable)."""
+        return self.class_ids
+
+    def configure_fscs(self, fscs: bool, way: int) -> None:
+        """Switch to N-way FS-CS episodes (``fscs``) or back to 1-way FS-S ones; checks ``way``."""
+        name = type(self).__name__
+        if way < 1:
+            raise ValueError(f"{name}: data.way must be >= 1, got {way}")
+        if way > 1 and not fscs:
+            raise ValueError(f"{name}: data.way={way} needs data.fscs: true (N-way episodes are FS-CS)")
+        if fscs:
+            available = len(self.fscs_class_ids())
+            if way > available:
+                raise ValueError(
+                    f"{name}: data.way={way} but the {self.split} split of fold {self.fold} has only "
+                    f"{available} usable classes; lower data.way"
+                )
+        self.fscs = fscs
+        self.way = way
 
     @abstractmethod
     def make_episode(self, rng: np.random.Generator, index: int) -> Episode:
         """Build episode ``index`` drawing all randomness from ``rng`` (a ``numpy.random.Generator``)."""
+
+    def make_fscs_episode(self, rng: np.random.Generator, index: int) -> FSCSEpisode:
+        """Build the ``self.way``-way FS-CS episode ``index`` from ``rng`` (see :mod:`fss.data.fscs`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no FS-CS episodes (data.fscs)")
 
     def __repr__(self) -> str:
         return (
@@ -229,8 +278,13 @@ class EpisodicDataModule(pl.LightningDataModule):
         seed: episode seed; changing it draws a different set of episodes.
         use_original_imgsize: val/test episodes also carry ``org_query_mask`` at the original size, to
             evaluate there (needs ``eval_batch_size=1``).
-        support_label: ``mask`` or ``bbox`` (every support mask replaced by its filled bounding box,
-            in all splits; see :class:`EpisodicDataset`).
+        support_label: ``mask``, ``bbox`` (every support mask replaced by its filled bounding box) or
+            ``tag`` (every support mask all ones: class tags only, iFSL's weak supervision), in all
+            splits; see :class:`EpisodicDataset`.
+        fscs: integrative few-shot classification and segmentation episodes (:mod:`fss.data.fscs`):
+            ``way`` support classes of ``shot`` images each, a query showing any subset of them (or
+            none), ``query_class_presence`` [N] and an (N+1)-class ``query_mask``.
+        way: number of support classes N of an FS-CS episode (1 without ``fscs``).
 
     Subclasses declare only their own options plus ``**kwargs`` (see the module docstring).
 
@@ -255,9 +309,15 @@ class EpisodicDataModule(pl.LightningDataModule):
         seed: int = 0,
         use_original_imgsize: bool = False,
         support_label: SupportLabel = "mask",
+        fscs: bool = False,
+        way: int = 1,
     ) -> None:
         super().__init__()
         name = type(self).__name__
+        if way < 1:
+            raise ValueError(f"{name}: data.way must be >= 1, got {way}")
+        if way > 1 and not fscs:
+            raise ValueError(f"{name}: data.way={way} needs data.fscs: true (N-way episodes are FS-CS)")
         check_support_label(support_label, f"{name} (data.support_label)")
         num_folds = self.dataset_class.num_folds
         if not 0 <= fold < num_folds:
@@ -294,6 +354,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.seed = seed
         self.use_original_imgsize = use_original_imgsize
         self.support_label = support_label
+        self.fscs = fscs
+        self.way = way
         self.datasets: dict[str, EpisodicDataset] = {}
 
     # ----------------------------------------------------------------------------------- classes
@@ -340,6 +402,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         )
         # set, not passed: dataset classes need not take the argument (the base class handles it)
         dataset.support_label = getattr(self, "support_label", "mask")
+        dataset.configure_fscs(getattr(self, "fscs", False), getattr(self, "way", 1))
         return dataset
 
     def setup(self, stage: str | None = None) -> None:

@@ -28,6 +28,7 @@ from PIL import Image
 
 from fss.data.base import EpisodicDataModule, EpisodicDataset
 from fss.data.episode import IGNORE_INDEX, Episode
+from fss.data.fscs import FSCSEpisode, make_image_fscs_episode
 from fss.data.transforms import build_episode, resize_label, to_label_tensor
 
 log = logging.getLogger(__name__)
@@ -333,6 +334,12 @@ class ImageEpisodeDataset(EpisodicDataset):
             support_names=[self.item_name(item) for item in supports],
             keep_original_mask=self.use_original_imgsize,
         )
+
+    def fscs_class_ids(self) -> list[int]:
+        return self.usable_class_ids
+
+    def make_fscs_episode(self, rng: np.random.Generator, index: int) -> FSCSEpisode:
+        return make_image_fscs_episode(self, rng, index, self.way)
 
     # ------------------------------------------------------------------ inspection
     def items(self) -> list[Any]:

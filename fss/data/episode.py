@@ -20,7 +20,8 @@ key                    shape / type         meaning
 :func:`collate_episodes` batches B episodes: tensors gain a leading batch dimension (``query_img``
 [B, 3, H, W], ``support_masks`` [B, K, H, W], ``class_id`` [B], ``org_query_imsize`` [B, 2], ...),
 ``query_name`` becomes a list of B strings and ``support_names`` a list of B lists of K strings
-(``default_collate`` would transpose the latter into K tuples of B names). Tensors whose shapes differ
+(``default_collate`` would transpose the latter into K tuples of B names; FS-CS episodes' N lists of
+K names become B lists of N lists, see :mod:`fss.data.fscs`). Tensors whose shapes differ
 across the batch (``org_query_mask``) are kept as a list of B tensors.
 
 Note: the reference HSNet code stores ``org_query_imsize`` as PIL's (width, height); here it is
@@ -126,16 +127,25 @@ def check_episode(episode: Episode, shot: int | None = None, img_size: int | Non
         raise ValueError("support_masks must be binary 0/1 (map ignore pixels to 0)")
 
 
+def _is_names(value: Any) -> bool:
+    """A str, or a (nested) list/tuple of str: names are batched as lists, never transposed."""
+    if isinstance(value, str):
+        return True
+    return isinstance(value, (list, tuple)) and all(_is_names(v) for v in value)
+
+
+def _as_lists(value: Any) -> Any:
+    return value if isinstance(value, str) else [_as_lists(v) for v in value]
+
+
 def _collate_values(key: str, values: Sequence[Any]) -> Any:
     first = values[0]
     if isinstance(first, Tensor):
         if all(v.shape == first.shape for v in values):
             return default_collate(list(values))
         return list(values)
-    if isinstance(first, str):
-        return list(values)
-    if isinstance(first, (list, tuple)) and all(isinstance(x, str) for x in first):
-        return [list(v) for v in values]
+    if _is_names(first):
+        return [_as_lists(v) for v in values]
     return default_collate(list(values))
 
 

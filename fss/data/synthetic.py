@@ -26,6 +26,11 @@ is an unseen combination of seen attributes. Val/test use fold ``fold``, trainin
 Episode ``index`` shows class ``class_ids[index % len(class_ids)]`` (balanced), everything else is
 drawn from the episode generator, so episodes are a pure function of (seed, split, fold, epoch,
 index) and identical whatever the number of workers.
+
+FS-CS episodes (``data.fscs``, :mod:`fss.data.fscs`): the query is the scene of class
+``class_ids[index % len(class_ids)]``; the N support classes are drawn from the split's classes as the
+iFSL reference does (that class with probability 1/2), so the query shows a support class when it is
+"its" class or when a distractor happens to be one.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import torch
 
 from fss.data.base import EpisodicDataModule, EpisodicDataset
 from fss.data.episode import Episode
+from fss.data.fscs import FSCSEpisode, class_presence, draw_support_classes
 from fss.data.transforms import normalize_array_
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross", "ellipse", "crescent")
@@ -326,6 +332,43 @@ class SyntheticFSS(EpisodicDataset):
             "class_id": torch.tensor(class_id, dtype=torch.long),
             "query_name": f"{name}/query",
             "support_names": [f"{name}/support{k}" for k in range(self.shot)],
+            "org_query_imsize": torch.tensor([size, size], dtype=torch.long),
+        }
+        if self.use_original_imgsize:
+            episode["org_query_mask"] = query_mask.clone()
+        return episode
+
+    def make_fscs_episode(self, rng: np.random.Generator, index: int) -> FSCSEpisode:
+        """The ``way``-way FS-CS episode ``index``: the query shows class ``class_ids[index % n]``
+        (plus distractors of any class, which may include other support classes); the support
+        classes are drawn as the iFSL reference does (:func:`fss.data.fscs.draw_support_classes`)."""
+        query_class = self.class_ids[index % len(self.class_ids)]
+        classes = draw_support_classes(rng, self.class_ids, query_class, self.way)
+        size, way, shot = self.img_size, self.way, self.shot
+        imgs = np.empty((1 + way * shot, 3, size, size), dtype=np.float32)
+        img, class_map = render_scene(rng, size, query_class, self.min_distractors, self.max_distractors)
+        imgs[0] = img
+        target = np.zeros((size, size), dtype=np.int64)
+        for n in reversed(range(way)):
+            target[class_map == classes[n]] = n + 1
+        masks = np.empty((way * shot, size, size), dtype=np.float32)
+        for i in range(way * shot):  # way-major: way 0's shots, then way 1's, ...
+            c = classes[i // shot]
+            img, class_map = render_scene(rng, size, c, self.min_distractors, self.max_distractors)
+            imgs[1 + i] = img
+            np.equal(class_map, c, out=masks[i], casting="unsafe")
+        normalize_array_(imgs)
+        name = f"synthetic/{self.split}/fold{self.fold}/{way}way/{index:06d}"
+        query_mask = torch.from_numpy(target)
+        episode: FSCSEpisode = {
+            "query_img": torch.from_numpy(imgs[0]),
+            "query_mask": query_mask,
+            "support_imgs": torch.from_numpy(imgs[1:]).view(way, shot, 3, size, size),
+            "support_masks": torch.from_numpy(masks).view(way, shot, size, size),
+            "support_classes": torch.tensor(classes, dtype=torch.long),
+            "query_class_presence": torch.tensor(class_presence(target, way), dtype=torch.bool),
+            "query_name": f"{name}/query",
+            "support_names": [[f"{name}/way{n}/support{k}" for k in range(shot)] for n in range(way)],
             "org_query_imsize": torch.tensor([size, size], dtype=torch.long),
         }
         if self.use_original_imgsize:

@@ -80,7 +80,7 @@ def test_support_label_on_datasets_and_validation() -> None:
     ds.support_label = "bbox"
     episode = ds[0]
     assert torch.equal(episode["support_masks"], mask_to_bbox(episode["support_masks"]))
-    with pytest.raises(ValueError, match="support_label must be 'mask' or 'bbox'"):
+    with pytest.raises(ValueError, match="support_label must be 'mask', 'bbox' or 'tag'"):
         from fss.data.base import EpisodicDataModule
 
         class Tiny(EpisodicDataModule):
