@@ -3,6 +3,8 @@ tiny PASCAL-5i / COCO-20i / FSS-1000 trees: the sampling rule, targets, determin
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +251,86 @@ def test_fss1000_fscs_queries_show_only_their_own_class(tmp_path: Path) -> None:
         ]
         assert all(n.startswith(f"{cls}/") for cls, row in zip(names, ep["support_names"]) for n in row)
     assert collate_episodes([ds.episode(0), ds.episode(1)])["support_classes"].shape == (2, 2)
+
+
+# ------------------------------------------------------------------------------ the iFSL loaders
+def reference_loader(module: str):
+    """The iFSL ``fs-cs/data/<module>.py`` of the clone at ``$FSS_IFSL_REF`` (or skip)."""
+    root = os.environ.get("FSS_IFSL_REF")
+    if not root:
+        pytest.skip("set FSS_IFSL_REF to a clone of github.com/dahyun-kang/ifsl to compare with its loaders")
+    path = Path(root) / "fs-cs" / "data" / f"{module}.py"
+    if not path.is_file():
+        pytest.skip(f"FSS_IFSL_REF={root} has no fs-cs/data/{module}.py")
+    spec = importlib.util.spec_from_file_location(f"ifsl_fscs_{module}", path)
+    assert spec is not None and spec.loader is not None
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
+
+
+def compare_with_reference(ours: dict, ref: dict, size: int) -> None:
+    """Our episode against the reference's on the same (query, supports, classes): the query mask at
+    the original size (the reference: 255 -> 0 plus a 0/1 boundary map), presence, support masks."""
+    org = ours["org_query_mask"]
+    assert torch.equal(org.masked_fill(org == 255, 0).float(), ref["query_mask"])
+    if "query_ignore_idx" in ref:
+        assert torch.equal((org == 255).float(), ref["query_ignore_idx"])
+    assert torch.equal(ours["query_class_presence"], ref["query_class_presence"])
+    ref_support = (ref["support_masks"] > 0).float()  # the reference labels way n's mask n + 1
+    assert ref_support.shape[-2:] == (size, size)
+    assert torch.equal(ours["support_masks"], ref_support)
+
+
+def test_targets_match_the_reference_pascal_loader(voc_root: Path) -> None:
+    pascal = reference_loader("pascal")
+    dm = PascalDataModule(
+        root=str(voc_root), img_size=SIZE, fscs=True, way=2, shot=2, test_episodes=20, eval_batch_size=1,
+        use_original_imgsize=True,
+    )  # fmt: skip
+    dm.setup("test")
+    ours = dm.datasets["test"]
+
+    class Reference(pascal.DatasetPASCAL):
+        def build_img_metadata(self):  # our list instead of the reference's split files
+            return [[name, c + 1] for name, c in ours.pairs]
+
+    from torchvision import transforms
+
+    transform = transforms.Compose([transforms.Resize((SIZE, SIZE)), transforms.ToTensor()])
+    ref = Reference(str(voc_root), fold=0, transform=transform, split="val", way=2, shot=2)
+    for i in range(20):
+        episode = ours.episode(i)
+        classes = [c + 1 for c in episode["support_classes"].tolist()]
+        ref.sample_episode = lambda idx, e=episode, c=classes: (e["query_name"], e["support_names"], c)
+        compare_with_reference(episode, ref[i], SIZE)
+
+
+def test_targets_match_the_reference_coco_loader(coco_root: Path) -> None:
+    coco = reference_loader("coco")
+    dm = COCO20iDataModule(
+        root=str(coco_root), img_size=SIZE, fscs=True, way=2, test_episodes=12, eval_batch_size=1,
+        mask_source="png", use_original_imgsize=True,
+    )  # fmt: skip
+    dm.setup("test")
+    ours = dm.datasets["test"]
+
+    class Reference(coco.DatasetCOCO):
+        def build_img_metadata_classwise(self):  # our index instead of the reference's pickles
+            return {c + 1: [f"val2014/{stem}.jpg" for stem in items] for c, items in ours.class_items.items()}
+
+    from torchvision import transforms
+
+    transform = transforms.Compose([transforms.Resize((SIZE, SIZE)), transforms.ToTensor()])
+    ref = Reference(str(coco_root), fold=0, transform=transform, split="val", way=2, shot=1)
+    ref.base_path = str(coco_root)
+    for i in range(12):
+        episode = ours.episode(i)
+        classes = [c + 1 for c in episode["support_classes"].tolist()]
+        names = [[f"val2014/{n}.jpg" for n in row] for row in episode["support_names"]]
+        ref.sample_episode = lambda idx, e=episode, n=names, c=classes: (
+            f"val2014/{e['query_name']}.jpg",
+            n,
+            c,
+        )
+        compare_with_reference(episode, ref[i], SIZE)
