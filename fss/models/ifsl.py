@@ -1,0 +1,88 @@
+"""The iFSL head (Kang & Cho, CVPR 2022): N-way class presence and (N+1)-class segmentation from the
+per-way foreground/background logits of any few-shot segmenter, and its two losses.
+
+Given learner logits ``[B, N, 2, h, w]`` of the query against each of the N ways (at the learner's
+resolution, before any upsampling), as the reference ``fs-cs/model/ifsl.py`` computes them:
+
+* per-way log-probabilities: ``log_softmax`` over the (background, foreground) pair;
+* class presence of way n: ``max_{x} log p_fg(x) >= log 0.5`` (read at the learner's resolution);
+* (N+1)-class log-probabilities: the background is the mean over ways of ``log p_bg``, class n + 1
+  is ``log p_fg`` of way n; they are upsampled bilinearly (``align_corners=True``) to the target size
+  and the prediction is their argmax;
+* K shots: each shot is run alone; a class is present when at least half of the shots say so, the
+  segmentation is the argmax of the mean of the shots' upsampled (N+1)-class log-probabilities;
+* L_S (segmentation, with masks): NLL of the (N+1)-class log-probabilities against the query mask;
+  L_C (classification, class tags only): NLL of the spatial mean of each way's log-probabilities
+  against the presence labels, averaged over the ways (the reference's 1-way form, extended).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fss.data.episode import IGNORE_INDEX
+
+#: ``log 0.5``: the presence threshold on the foreground log-probability
+LOG_HALF = math.log(0.5)
+
+
+def way_log_probs(logits: Tensor) -> Tensor:
+    """Log-probabilities ``log_softmax`` over the (background, foreground) dimension of ``[..., 2, h, w]``."""
+    if logits.dim() < 3 or logits.shape[-3] != 2:
+        raise ValueError(f"expected logits [..., 2, h, w], got {tuple(logits.shape)}")
+    return torch.log_softmax(logits, dim=-3)
+
+
+def presence_from_log_probs(log_probs: Tensor) -> Tensor:
+    """Class presence [..., N] (bool) from way log-probabilities [..., N, 2, h, w]: the peak foreground
+    log-probability reaches ``log 0.5``."""
+    return log_probs[..., 1, :, :].amax(dim=(-1, -2)) >= LOG_HALF
+
+
+def merge_ways(log_probs: Tensor) -> Tensor:
+    """(N+1)-class log-probabilities [..., N+1, h, w] from way log-probabilities [..., N, 2, h, w]:
+    the episode's background is the mean of the ways' background log-probabilities."""
+    background = log_probs[..., 0, :, :].mean(dim=-3, keepdim=True)
+    return torch.cat([background, log_probs[..., 1, :, :]], dim=-3)
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear (``align_corners=True``) resize of maps ``[..., C, h, w]`` to ``size`` (no-op when equal)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    flat = F.interpolate(maps.reshape(-1, *maps.shape[-3:]), tuple(size), mode="bilinear", align_corners=True)
+    return flat.view(*maps.shape[:-2], *flat.shape[-2:])
+
+
+def aggregate_shots(presence: Tensor, merged: Tensor) -> tuple[Tensor, Tensor]:
+    """The reference's K-shot rule.
+
+    Args:
+        presence: [B, K, N] per-shot presence (bool).
+        merged: [B, K, N+1, H, W] per-shot (N+1)-class log-probabilities at the output size.
+
+    Returns:
+        presence [B, N] (bool: at least half of the shots), prediction [B, H, W] (long: argmax of the
+        mean over shots).
+    """
+    if presence.shape[1] == 1:
+        return presence[:, 0], merged[:, 0].argmax(dim=1)
+    return presence.float().mean(dim=1) >= 0.5, merged.mean(dim=1).argmax(dim=1)
+
+
+def segmentation_loss(merged: Tensor, target: Tensor) -> Tensor:
+    """L_S: mean NLL of (N+1)-class log-probabilities [B, N+1, H, W] against ``target`` [B, H, W] in
+    {0..N, 255}; 255 pixels are left out (0 when every pixel is ignored, never NaN)."""
+    total = F.nll_loss(merged, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (target != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def classification_loss(log_probs: Tensor, presence: Tensor) -> Tensor:
+    """L_C: NLL of each way's spatially averaged log-probabilities [B, N, 2] against ``presence``
+    [B, N], averaged over episodes and ways (for N = 1 the reference's loss)."""
+    mean = log_probs.mean(dim=(-1, -2))  # [B, N, 2]
+    return F.nll_loss(mean.flatten(0, 1), presence.flatten().long())
