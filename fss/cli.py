@@ -7,8 +7,12 @@ Examples::
     fss test --config configs/coco_hsnet_hm.yaml --ckpt_path runs/.../checkpoints/best-epoch=7.ckpt
     fss fit --config configs/demo.yaml --print_config
 
-The model is always :class:`fss.task.FewShotSegmentationTask` (options ``--model.*``); the data
-module is any ``LightningDataModule`` given by ``data.class_path`` (``fss.data.*DataModule``).
+The model is always :class:`fss.task.FewShotSegmentationTask` (options ``--model.*``); its network,
+backbone and masking are typed objects or registered names (``fss.components``): ``--model.net VAT
+--model.net.feature_size 8``, ``--model.backbone.weights null``, ``--model.masking fm``. The options
+of fss before typed models (``model.net_options``, ``model.weights``) stop with one message that
+shows the new form; checkpoints written with them are upgraded when loaded with ``--ckpt_path``.
+The data module is any ``LightningDataModule`` given by ``data.class_path`` (``fss.data.*DataModule``).
 ``model.num_classes`` is taken from the data module's ``num_classes`` when both are built.
 
 Every subcommand also builds three callbacks, configurable under their own keys:
@@ -32,15 +36,21 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
+import torch
 from jsonargparse import DefaultHelpFormatter, Namespace
 from pytorch_lightning import LightningDataModule, Trainer
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 
+from fss.backbones import backbone_spec
 from fss.callbacks import BestEpochTracker
+from fss.components import LEGACY_KEYS, legacy_options_message, upgrade_model_options
+from fss.describe import class_path
 from fss.task import FewShotSegmentationTask
 
 #: extra commands: name -> ("module:function", one-line help). The function takes the remaining
@@ -91,6 +101,42 @@ class FSSCLI(LightningCLI):
         )
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: object) -> None:
+        """Stop with one message naming the new form when the arguments or configs use the old model options."""
+        if args is None or isinstance(args, list):
+            message = legacy_options_message(sys.argv[1:] if args is None else [str(a) for a in args])
+            if message:
+                parser.error(message)
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """As LightningCLI: the checkpoint's hyper-parameters replace the config's model options.
+
+        Checkpoints of fss before typed models (``net_options``, ``weights``) are upgraded first.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = dict(
+            torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        )
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if set(hparams) & set(LEGACY_KEYS):
+            warnings.warn(
+                f"{ckpt_path} was written by fss before typed models: its model options are read as "
+                "net/backbone/masking objects (docs/design.md)",
+                stacklevel=2,
+            )
+            hparams = upgrade_model_options(hparams)
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"The hyper-parameters of {ckpt_path} are not valid model options (above).\n")
+            raise
+
     def before_instantiate_classes(self) -> None:
         """Put a CSVLogger under ``trainer.default_root_dir`` first; point W&B's default save_dir there too.
 
@@ -98,9 +144,9 @@ class FSSCLI(LightningCLI):
         keeps it as given.
         """
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if config.get("ckpt_path") and config.model.weights is not None:
-            # the checkpoint holds the backbone too: do not fetch ImageNet weights only to overwrite them
-            config.model.weights = None
+        if config.get("ckpt_path"):
+            # the checkpoint holds the backbone too: do not fetch pretrained weights only to overwrite them
+            config.model.backbone = _without_weights(config.model.backbone)
         trainer = config.trainer
         if trainer.logger is False:
             return
@@ -121,6 +167,17 @@ class FSSCLI(LightningCLI):
             )
             loggers.insert(0, csv)
         trainer.logger = loggers
+
+
+def _without_weights(backbone: object) -> object:
+    """``model.backbone`` (a name or a class_path namespace) with ``weights: null``."""
+    if isinstance(backbone, str):
+        cls, kwargs = backbone_spec(backbone)
+        return Namespace(class_path=class_path(cls), init_args=Namespace(**kwargs, weights=None))
+    if isinstance(backbone, Namespace) and isinstance(backbone.get("init_args"), Namespace):
+        if "weights" in backbone.init_args:
+            backbone.init_args.weights = None
+    return backbone
 
 
 def _class_name(logger: object) -> str | None:

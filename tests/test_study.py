@@ -195,10 +195,9 @@ def test_shipped_study_configs_give_valid_fit_commands(
         assert exit_info.value.code == 0, capsys.readouterr().err
         printed = yaml.safe_load(capsys.readouterr().out)
         for option, value in run.options.items():
-            section, key = option.split(".")
-            assert printed[section][key] == value
+            assert _printed_value(printed, option) == value, option
     if name == "study_demo.yaml":
-        assert {r.options["model.weights"] for r in study.runs()} == {
+        assert {r.options["model.backbone.weights"] for r in study.runs()} == {
             None,
             "runs/pretrain_synthetic/resnet18_fold0.pth",
         }
@@ -370,3 +369,13 @@ def test_slurm_time_in_minutes() -> None:
     assert SlurmOptions(time="45:00").minutes() == 45
     assert SlurmOptions(time="00:00:01").minutes() == 1
     assert SlurmOptions(time=90).minutes() == 90
+
+
+def _printed_value(printed: dict, option: str):
+    """The value of dotted ``option`` in a printed config; ``init_args`` may be left out, as on the command line."""
+    node = printed
+    for key in option.split("."):
+        if key not in node and "init_args" in node:
+            node = node["init_args"]
+        node = node[key]
+    return node

@@ -24,7 +24,7 @@ Study config (YAML)::
     output_dir: runs/study_demo
     sweep:                           # option -> list of values, or mapping label -> value
       model.masking: [fm, im, hm]
-      model.weights: {random: null, trained: runs/pretrain_synthetic/backbone.pth}
+      model.backbone.weights: {random: null, trained: runs/pretrain_synthetic/backbone.pth}
     folds: [0]                       # written to data.init_args.fold (option fold_key)
     seeds: [0, 1]                    # written to seed_everything (model init and shuffling)
     overrides: {trainer.max_epochs: 15}   # options set on every run

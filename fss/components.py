@@ -1,0 +1,199 @@
+"""The three typed parts of a model in a config: the network, its backbone and its masking.
+
+Each of ``model.net``, ``model.backbone`` and ``model.masking`` is given in one of three forms:
+
+* a **registered name** (``fss.models.MODELS``, ``fss.backbones.BACKBONES``, ``fss.masking.MASKINGS``):
+  ``net: vat``, ``backbone: resnet50``, ``masking: fm`` -- the registered class with its defaults
+  (a backbone name means its standard pretrained weights);
+* a **class with options**, the jsonargparse form that LightningCLI builds::
+
+      net:
+        class_path: fss.models.VAT          # or just VAT on the command line: --model.net VAT
+        init_args: {feature_size: 8}        # --model.net.feature_size 8
+      backbone:
+        class_path: fss.backbones.ResNet
+        init_args: {name: resnet18, weights: null}   # --model.backbone.weights null
+
+  ``fss fit --model.net.help VAT`` (``--model.backbone.help TimmBackbone``) lists a class's typed
+  options; an unknown option is an error that names it. A name takes no options: to set one, use
+  the class form (the shipped configs do, so ``--model.backbone.weights`` etc. work on them);
+* in Python, an **object** (``ResNet("resnet18", weights=None)``, ``FeatureMasking()``), a model class
+  or ``functools.partial(VAT, feature_size=8)``, or the ``{class_path, init_args}`` dict of a config.
+
+The network is built last: ``net(backbone=<FeatureBackbone>, masking=<SupportMasking>)``
+(:class:`NetBuilder`), so ``model.net``'s options are the model's own.
+
+:func:`upgrade_model_options` turns the options of fss before the typed form (``model.net: hsnet``
+with ``model.net_options``, ``model.weights``) into this form, for the error message that names the
+new keys and for old checkpoints.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import yaml
+
+from fss.backbones import BACKBONES, FeatureBackbone, backbone_spec
+from fss.describe import class_path, describe
+from fss.masking import MASKINGS, SupportMasking, build_masking
+from fss.models import MODELS, FewShotSegmenter, model_class
+
+#: the registered names, as types (jsonargparse validates and lists them)
+NetName = Literal[tuple(MODELS)]  # type: ignore[valid-type]
+BackboneName = Literal[tuple(BACKBONES)]  # type: ignore[valid-type]
+MaskingName = Literal[tuple(MASKINGS)]  # type: ignore[valid-type]
+
+
+class NetBuilder(Protocol):
+    """``model.net``: a :class:`~fss.models.FewShotSegmenter` class and its own options.
+
+    The task calls it with the built backbone and masking. ``weights`` (the models' Python shorthand
+    for a backbone given by name) is listed so that jsonargparse does not offer it as a network
+    option: a backbone's weights are an option of ``model.backbone``.
+    """
+
+    def __call__(
+        self, backbone: FeatureBackbone, masking: SupportMasking, weights: str | None = ...
+    ) -> FewShotSegmenter: ...
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ValueError(f"class_path {path!r} must be a full import path (e.g. fss.models.VAT)")
+    return getattr(importlib.import_module(module), name)
+
+
+def _from_spec(spec: dict[str, Any], base: type, option: str) -> tuple[type, dict[str, Any]]:
+    """The class and init_args of a ``{class_path, init_args}`` dict, checked against ``base``."""
+    unknown = set(spec) - {"class_path", "init_args"}
+    if "class_path" not in spec or unknown:
+        raise ValueError(f"{option}: a dict must be {{class_path: ..., init_args: {{...}}}}, got {spec}")
+    cls = _import(spec["class_path"])
+    if not (inspect.isclass(cls) and issubclass(cls, base)):
+        raise ValueError(f"{option}: {spec['class_path']} is not a {base.__name__} subclass")
+    return cls, dict(spec.get("init_args") or {})
+
+
+def build_net(net: Any, backbone: FeatureBackbone, masking: SupportMasking) -> FewShotSegmenter:
+    """The network of ``model.net`` (name, class, builder or spec dict) on ``backbone`` and ``masking``."""
+    if isinstance(net, str):
+        return model_class(net)(backbone=backbone, masking=masking)
+    if isinstance(net, dict):
+        cls, kwargs = _from_spec(net, FewShotSegmenter, "model.net")
+        return cls(backbone=backbone, masking=masking, **kwargs)
+    return net(backbone=backbone, masking=masking)
+
+
+def build_backbone_option(backbone: Any) -> FeatureBackbone:
+    """The backbone of ``model.backbone`` (name, object or spec dict)."""
+    if isinstance(backbone, FeatureBackbone):
+        return backbone
+    if isinstance(backbone, str):
+        cls, kwargs = backbone_spec(backbone)
+    elif isinstance(backbone, dict):
+        cls, kwargs = _from_spec(backbone, FeatureBackbone, "model.backbone")
+    else:
+        raise TypeError(
+            f"model.backbone must be a name, a FeatureBackbone or a class_path dict, got {backbone!r}"
+        )
+    return cls(**kwargs)
+
+
+def build_masking_option(masking: Any) -> SupportMasking:
+    """The strategy of ``model.masking`` (name, object or spec dict)."""
+    if isinstance(masking, dict):
+        cls, kwargs = _from_spec(masking, SupportMasking, "model.masking")
+        return cls(**kwargs)
+    return build_masking(masking)
+
+
+def describe_options(net: FewShotSegmenter) -> dict[str, Any]:
+    """``net``/``backbone``/``masking`` of a built network in the config form (for hyper-parameters).
+
+    The network and backbone as ``{class_path, init_args}`` (every argument, defaults included); the
+    masking by its registered name when it is a registered strategy without arguments.
+    """
+    masking = net.masking
+    registered = MASKINGS.get(getattr(masking, "name", None)) is type(masking) and not masking.init_args
+    return {
+        "net": describe(net, skip=("backbone", "masking", "weights")),
+        "backbone": describe(net.backbone),
+        "masking": masking.name if registered else describe(masking),
+    }
+
+
+# -- the options before the typed form --------------------------------------------------------------
+#: model options of fss before the typed form, and what replaced them
+LEGACY_KEYS = {
+    "net_options": "model.net.init_args",
+    "weights": "model.backbone.init_args.weights",
+}
+
+#: command-line options of the old form: (old, new, the part that must be in the class form)
+LEGACY_ARGS = (
+    ("--model.net_options", "--model.net", "net"),
+    ("--model.weights", "--model.backbone.weights", "backbone"),
+)
+
+
+def upgrade_model_options(old: dict[str, Any]) -> dict[str, Any]:
+    """Model options of the old form (``net``/``backbone`` names, ``net_options``, ``weights``) -> the typed form.
+
+    ``masking: fm`` with ``net: asnet`` meant the reference ASNet's attention-only masking, which is
+    ``none`` now (``fm`` multiplies the features in every model).
+    """
+    new = {k: v for k, v in old.items() if k not in LEGACY_KEYS}
+    net = old.get("net", "hsnet")
+    options = dict(old.get("net_options") or {})
+    if isinstance(net, str) and net in MODELS and options:
+        new["net"] = {"class_path": class_path(MODELS[net]), "init_args": options}
+    backbone = old.get("backbone", "resnet50")
+    if "weights" in old and isinstance(backbone, str) and backbone in BACKBONES:
+        cls, kwargs = BACKBONES[backbone]
+        new["backbone"] = {"class_path": class_path(cls), "init_args": {**kwargs, "weights": old["weights"]}}
+    if net == "asnet" and old.get("masking", "hm") == "fm":
+        new["masking"] = "none"
+    return new
+
+
+def legacy_options_message(argv: list[str]) -> str | None:
+    """One message naming the typed form when ``argv`` or its ``--config`` files use the old model options."""
+    found: list[str] = []
+    for i, arg in enumerate(argv):
+        key = arg.split("=", 1)[0]
+        if key in ("--config", "-c") and (i + 1 < len(argv) or "=" in arg):
+            path = arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
+            model = _model_section(path)
+            legacy = sorted(set(model) & set(LEGACY_KEYS))
+            if legacy:
+                snippet = yaml.safe_dump({"model": _typed_parts(model)}, sort_keys=False).rstrip()
+                found.append(
+                    f"{path}: model.{' and model.'.join(legacy)} are options of fss before typed models. "
+                    f"Write the model's parts as typed objects instead (docs/design.md):\n{snippet}"
+                )
+        for old, new, part in LEGACY_ARGS:
+            if key == old or key.startswith(old + "."):
+                found.append(
+                    f"{key} is an option of fss before typed models: use {new}{key[len(old) :]} "
+                    f"(with model.{part} in the class form, as in the shipped configs; docs/design.md)"
+                )
+    return "\n".join(found) or None
+
+
+def _model_section(path: str) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):  # jsonargparse reports it
+        return {}
+    model = config.get("model") if isinstance(config, dict) else None
+    return model if isinstance(model, dict) else {}
+
+
+def _typed_parts(model: dict[str, Any]) -> dict[str, Any]:
+    new = upgrade_model_options(model)
+    return {key: new[key] for key in ("net", "backbone", "masking") if key in new}
