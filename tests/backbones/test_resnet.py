@@ -68,7 +68,9 @@ def test_feature_info_describes_every_block_and_selection_keeps_the_deepest_leve
     ]
     with torch.no_grad():
         feats = bb(torch.randn(1, 3, 64, 64))
-    assert [f.shape[1:] for f in feats] == [(i.channels, 64 // i.stride, 64 // i.stride) for i in bb.feature_info]
+    assert [f.shape[1:] for f in feats] == [
+        (i.channels, 64 // i.stride, 64 // i.stride) for i in bb.feature_info
+    ]
     assert bb.select_levels(2) == (3, 4) and bb.feat_layers == [3] * 6 + [4] * 3
     with torch.no_grad():
         assert len(bb(torch.randn(1, 3, 64, 64))) == 9
