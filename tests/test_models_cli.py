@@ -292,17 +292,28 @@ def test_print_config_shows_the_new_options(capsys: pytest.CaptureFixture[str]) 
     assert model["scheduler"] == "cosine" and model["decoder_lr"] == 1e-4 and model["optimizer"] == "adam"
 
 
-# -- fss fit --trainer.fast_dev_run 1 of every model and both masking families ---------------
+# -- fss fit --trainer.fast_dev_run 1 of every model on both backbone families ---------------
+#: a random ResNet-18 (FM) and a random 4-block DINOv2-architecture ViT with 14 px patches (HM: both
+#: backbone passes); every other masking x backbone pair runs in tests/models/test_every_model.py
+FAMILIES = {
+    "resnet": ["--model.backbone.name", "resnet18", "--model.masking", "fm"],
+    "vit": ["--model.backbone", "TimmBackbone", "--model.backbone.name", "vit_small_patch14_dinov2",
+            "--model.backbone.weights", "null", "--model.backbone.model_kwargs",
+            '{"depth": 4, "embed_dim": 48, "num_heads": 2}', "--model.masking", "hm"],
+}  # fmt: skip
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("masking", ["fm", "hm"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("net", sorted(MODELS))
-def test_fast_dev_run_of_every_model(net: str, masking: str, tmp_path: Path) -> None:
+def test_fast_dev_run_of_every_model(net: str, family: str, tmp_path: Path) -> None:
     net_args = NET_ARGS.get(net, ["--model.net", net])
-    args = ["fit", "--config", DEMO, *TINY, *net_args, "--model.masking", masking,
+    args = ["fit", "--config", DEMO, *TINY, *net_args, *FAMILIES[family],
             "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     cli = build_cli(args)  # what `fss fit ...` (fss.cli.main) runs
     assert type(cli.model.net) is MODELS[net]
-    assert cli.model.net.masking.name == masking
+    assert type(cli.model.net.backbone).__name__ == {"resnet": "ResNet", "vit": "TimmBackbone"}[family]
+    assert cli.model.net.masking.name == FAMILIES[family][-1]
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     assert {"train/loss", "val/loss", "val/miou"} <= set(cli.trainer.callback_metrics)
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
