@@ -111,11 +111,34 @@ def test_checkpoint_evaluation_fetches_no_imagenet_weights(
     ckpt = torch.load(
         run_dir(fitted) / "checkpoints" / "best-epoch=0.ckpt", map_location="cpu", weights_only=False
     )
-    ckpt["hyper_parameters"]["weights"] = "imagenet"
+    ckpt["hyper_parameters"]["backbone"]["init_args"]["weights"] = "imagenet"
     torch.save(ckpt, tmp_path / "imagenet_trained.ckpt")
-    main(["test", "--config", DEMO, *TINY, "--model.weights", "imagenet", "--trainer.logger", "true",
+    main(["test", "--config", DEMO, *TINY, "--model.backbone.weights", "imagenet", "--trainer.logger", "true",
           "--trainer.default_root_dir", str(tmp_path / "run"), "--ckpt_path", str(tmp_path / "imagenet_trained.ckpt")])  # fmt: skip
     assert "test/miou" in (run_dir(tmp_path / "run") / "metrics.csv").read_text()
+
+
+@pytest.mark.slow
+def test_checkpoint_of_the_old_model_options_is_upgraded(fitted: Path, tmp_path: Path) -> None:
+    """A checkpoint written before typed models (net name, weights, net_options) still tests."""
+    ckpt = torch.load(run_dir(fitted) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    hparams = ckpt["hyper_parameters"]
+    hparams.update(net="hsnet", backbone="resnet18", weights=None, net_options={}, masking="hm")
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.warns(UserWarning, match="written by fss before typed models"):
+        main(["test", "--config", DEMO, *TINY, "--trainer.logger", "true",
+              "--trainer.default_root_dir", str(tmp_path / "run"), "--ckpt_path", str(tmp_path / "old.ckpt")])  # fmt: skip
+    assert "test/miou" in (run_dir(tmp_path / "run") / "metrics.csv").read_text()
+
+
+def test_a_named_backbone_under_a_checkpoint_gets_no_weights() -> None:
+    from fss.cli import _without_weights
+
+    spec = _without_weights("resnet50")
+    assert spec.class_path == "fss.backbones.ResNet" and spec.init_args.as_dict() == {
+        "name": "resnet50",
+        "weights": None,
+    }
 
 
 @pytest.mark.slow

@@ -30,7 +30,14 @@ EPISODES = 41  # odd: the two ranks get 21 and 20 episodes
 #: the tiny experiment of every run here: ResNet-18 (random init), 64 px synthetic episodes
 CONFIG = {
     "seed_everything": 0,
-    "model": {"net": "hsnet", "backbone": "resnet18", "weights": None, "masking": "hm"},
+    "model": {
+        "net": "hsnet",
+        "backbone": {
+            "class_path": "fss.backbones.ResNet",
+            "init_args": {"name": "resnet18", "weights": None},
+        },
+        "masking": "hm",
+    },
     "data": {
         "class_path": "fss.data.SyntheticDataModule",
         "init_args": {

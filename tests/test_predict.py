@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
+from fss.backbones import ResNet
 from fss.cli import main
 from fss.data import UserDataError, UserPredictDataModule
 from fss.data.transforms import mask_to_bbox
@@ -64,7 +65,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A task checkpoint in Lightning's format (HSNet, random ResNet-18), saved without training."""
     pl.seed_everything(0)
     task = FewShotSegmentationTask(
-        net="hsnet", backbone="resnet18", weights=None, masking="hm", num_classes=48
+        net="hsnet", backbone=ResNet("resnet18", weights=None), masking="hm", num_classes=48
     )
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
     torch.save(
