@@ -79,8 +79,8 @@ class FewShotSegmentationTask(pl.LightningModule):
     """Train and evaluate a few-shot segmenter.
 
     Args:
-        net: the network: a name of ``fss.models.MODELS`` (``hsnet``, ``asnet``, ``vat``, ``sgone``)
-            or a :class:`~fss.models.FewShotSegmenter` class with its own options
+        net: the network: a name of ``fss.models.MODELS`` (listed in the type below) or a
+            :class:`~fss.models.FewShotSegmenter` class with its own options
             (``class_path: fss.models.VAT``, ``init_args: {benchmark: pascal}``).
         backbone: the frozen backbone: a name of ``fss.backbones.BACKBONES`` (its standard pretrained
             weights) or a :class:`~fss.backbones.FeatureBackbone` class with options
