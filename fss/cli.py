@@ -49,7 +49,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from fss.backbones import backbone_spec
 from fss.callbacks import BestEpochTracker
-from fss.components import LEGACY_KEYS, legacy_options_message, upgrade_model_options
+from fss.components import LEGACY_KEYS, option_form_message, upgrade_model_options
 from fss.describe import class_path
 from fss.task import FewShotSegmentationTask
 
@@ -104,7 +104,7 @@ class FSSCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: object) -> None:
         """Stop with one message naming the new form when the arguments or configs use the old model options."""
         if args is None or isinstance(args, list):
-            message = legacy_options_message(sys.argv[1:] if args is None else [str(a) for a in args])
+            message = option_form_message(sys.argv[1:] if args is None else [str(a) for a in args])
             if message:
                 parser.error(message)
         super().parse_arguments(parser, args)

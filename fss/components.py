@@ -134,6 +134,24 @@ LEGACY_KEYS = {
     "weights": "model.backbone.init_args.weights",
 }
 
+
+def _class_args(registry: dict[str, Any], part: str):
+    def args(name: str) -> str:
+        entry = registry[name]
+        cls, kwargs = entry if isinstance(entry, tuple) else (entry, {})
+        extra = "".join(f" --model.{part}.{k} {v}" for k, v in kwargs.items())
+        return f"--model.{part} {cls.__name__}{extra}"
+
+    return args
+
+
+#: the parts that take a registered name: (registry, the class form of a name on the command line)
+NAMED_PARTS = {
+    "net": (MODELS, _class_args(MODELS, "net")),
+    "backbone": (BACKBONES, _class_args(BACKBONES, "backbone")),
+    "masking": (MASKINGS, _class_args(MASKINGS, "masking")),
+}
+
 #: command-line options of the old form: (old, new, the part that must be in the class form)
 LEGACY_ARGS = (
     ("--model.net_options", "--model.net", "net"),
@@ -161,11 +179,25 @@ def upgrade_model_options(old: dict[str, Any]) -> dict[str, Any]:
     return new
 
 
-def legacy_options_message(argv: list[str]) -> str | None:
-    """One message naming the typed form when ``argv`` or its ``--config`` files use the old model options."""
+def option_form_message(argv: list[str]) -> str | None:
+    """One message naming the typed form when ``argv`` or its ``--config`` files use the old model options,
+    or give options to a part given by its registered name on the command line."""
     found: list[str] = []
+    named: dict[str, str] = {}  # part -> the registered name given last on the command line
     for i, arg in enumerate(argv):
         key = arg.split("=", 1)[0]
+        part = key.removeprefix("--model.")
+        if key.startswith("--model.") and part in NAMED_PARTS:
+            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "")
+            named.pop(part, None)
+            if value in NAMED_PARTS[part][0]:
+                named[part] = value
+        elif key.startswith("--model.") and part.split(".")[0] in named and not part.endswith(".help"):
+            owner = part.split(".")[0]
+            found.append(
+                f"--model.{owner} {named[owner]} is a registered name and takes no options ({key}): "
+                f"give the class instead, {NAMED_PARTS[owner][1](named[owner])} {key} ... (docs/design.md)"
+            )
         if key in ("--config", "-c") and (i + 1 < len(argv) or "=" in arg):
             path = arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
             model = _model_section(path)
