@@ -102,7 +102,8 @@ class FSSCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: object) -> None:
-        """Stop with one message naming the new form when the arguments or configs use the old model options."""
+        """Stop with one message showing the right form when the arguments or configs use the old model
+        options, or give options to a part given by its registered name (``fss.components``)."""
         if args is None or isinstance(args, list):
             message = option_form_message(sys.argv[1:] if args is None else [str(a) for a in args])
             if message:
