@@ -257,8 +257,10 @@ class FSSCLI(LightningCLI):
     def _resume_in_place(self, loggers: list[Any], class_names: list[str | None], root: str) -> None:
         """Point the loggers of a resumed fit at the checkpoint's run directory and W&B run.
 
-        Only when the checkpoint's run directory lies under this run's ``default_root_dir`` (a fit
-        resumed elsewhere starts a new version there) and the logger's version is not set.
+        The CSVLogger continues the checkpoint's ``metrics.csv`` when its directory is the checkpoint's
+        run directory: given so (``fss study`` names it), or with no version set and the same
+        ``default_root_dir`` (a fit resumed elsewhere starts a new version there). A WandbLogger
+        without an ``id`` resumes the checkpoint's W&B run.
         """
         run = self._ckpt["fss_run"]
         run_dir = Path(run["run_dir"]) if run.get("run_dir") else None
@@ -268,12 +270,17 @@ class FSSCLI(LightningCLI):
             if name == "CSVLogger" and logger.class_path == CSV_LOGGER:
                 args = logger.init_args
                 base = Path(args.get("save_dir") or root) / (args.get("name") or "")
-                if args.get("version") is None and base.resolve() == run_dir.parent.resolve():
-                    args.version = run_dir.name
+                version = args.get("version")
+                if version is None and base.resolve() == run_dir.parent.resolve():
+                    args.version = version = run_dir.name
+                if version is not None and (base / str(version)).resolve() == run_dir.resolve():
                     args.resume_ckpt = self._ckpt["path"]
             if name == "WandbLogger" and run.get("wandb_id") and logger.init_args.get("id") is None:
                 logger.init_args.id = run["wandb_id"]
-                logger.dict_kwargs = Namespace(**{**dict(logger.get("dict_kwargs") or {}), "resume": "allow"})
+                if "resume" in logger.init_args:  # wandb.init's own arguments, listed by the parser
+                    logger.init_args.resume = "allow"
+                else:
+                    logger.dict_kwargs = Namespace(**{**dict(logger.get("dict_kwargs") or {}), "resume": "allow"})
 
     # -- building the trainer ---------------------------------------------------------------
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
