@@ -49,6 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch.distributed
 import yaml
 from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
@@ -61,7 +62,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from fss.atomic import AtomicCheckpointIO
 from fss.callbacks import BestEpochTracker
 from fss.checkpoint import SPECIAL_CKPT_PATHS, RunCheckpoint, load_checkpoint, reconcile_hparams
-from fss.distributed import DEFAULT_TIMEOUT_S, apply_timeout, shutdown
+from fss.distributed import DEFAULT_TIMEOUT_S, DistributedFailure, apply_timeout, describe_timeout, shutdown
 from fss.errors import condense_parser_error, debug_enabled, user_message
 from fss.loggers import wandb_offline_reason
 from fss.task import FewShotSegmentationTask
@@ -280,7 +281,25 @@ class FSSCLI(LightningCLI):
                 if "resume" in logger.init_args:  # wandb.init's own arguments, listed by the parser
                     logger.init_args.resume = "allow"
                 else:
-                    logger.dict_kwargs = Namespace(**{**dict(logger.get("dict_kwargs") or {}), "resume": "allow"})
+                    logger.dict_kwargs = Namespace(
+                        **{**dict(logger.get("dict_kwargs") or {}), "resume": "allow"}
+                    )
+
+    # -- running ------------------------------------------------------------------------------
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception as err:
+            chain, link = [], err
+            while link is not None and len(chain) < 10:
+                chain.append(link)
+                link = link.__cause__ or link.__context__
+            described = next((d for e in chain if (d := describe_timeout(e, self.trainer)) is not None), None)
+            if described is None:
+                raise
+            failure = DistributedFailure(described)
+            failure.__notes__ = list(getattr(err, "__notes__", []))
+            raise failure from err
 
     # -- building the trainer ---------------------------------------------------------------
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
@@ -408,4 +427,8 @@ def main(args: list[str] | None = None) -> int | None:
         if message is None:
             raise
         print(f"{_prefix(argv)}: error: {message}{_notes(err)}", file=sys.stderr, flush=True)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # the other ranks may be stuck or gone: tearing the process group down could wait forever
+            sys.stdout.flush()
+            os._exit(1)
         return 1

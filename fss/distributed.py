@@ -18,7 +18,8 @@ returns early on the others:
 Hangs: a collective that one rank never reaches (a bug, a rank that died, a full disk on one node)
 fails after ``ddp_timeout`` seconds (the fss config key; default :data:`DEFAULT_TIMEOUT_S`), set on
 the DDP strategy by :func:`apply_timeout`, and :func:`describe_timeout` turns the backend's error
-into a message saying what happened and what to do.
+into a message saying what happened and what to do. The same timeout bounds the start: rank 0
+waits that long for the other processes to join.
 
 Exit: :func:`shutdown` ends a multi-process command in order: all ranks meet at a barrier, the
 process group is destroyed on every rank, and rank 0 waits for the processes it launched. Without
@@ -30,14 +31,22 @@ exception" (see docs/reliability.md for the analysis).
 from __future__ import annotations
 
 import datetime
+import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch.distributed as dist
 
+from fss.errors import FSSError
+
 #: default of the ``ddp_timeout`` config key: seconds a collective may wait for the other ranks
 DEFAULT_TIMEOUT_S = 600.0
+
+
+class DistributedFailure(FSSError):
+    """A distributed run failed: a collective timed out, another rank died, or the start failed."""
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
@@ -81,19 +90,40 @@ _PEER_GONE_MARKERS = ("connection closed by peer", "connection reset by peer", "
 def describe_timeout(err: BaseException, trainer: pl.Trainer | None = None) -> str | None:
     """A one-paragraph explanation of a distributed failure, or None when ``err`` is not one.
 
-    Recognises a collective (or the rendezvous store) that timed out and a peer rank that died.
+    Recognises a rendezvous that could not reach rank 0, a collective (or the store) that timed
+    out, and a peer rank that died in the middle of a collective.
     """
-    if not isinstance(err, RuntimeError | dist.DistBackendError | OSError):
+    if not isinstance(err, RuntimeError | OSError):
         return None
     text = str(err).lower()
-    world = trainer.world_size if trainer is not None else None
-    if world is not None and world <= 1:
+    distributed_error = isinstance(err, dist.DistError)
+    if not distributed_error and not (dist.is_available() and dist.is_initialized()):
         return None
-    if not (
-        dist.is_available() and (dist.is_initialized() or "gloo" in text or "nccl" in text or "store" in text)
-    ):
+    if trainer is not None and trainer.world_size <= 1 and not distributed_error:
         return None
-    rank = trainer.global_rank if trainer is not None else (dist.get_rank() if dist.is_initialized() else "?")
+    if trainer is not None:
+        rank = trainer.global_rank
+    else:
+        rank = (
+            dist.get_rank()
+            if dist.is_initialized()
+            else os.environ.get("RANK", os.environ.get("LOCAL_RANK", "?"))
+        )
+    seconds = timeout_seconds(trainer) if trainer is not None else None
+    if seconds is None:  # gloo and the store say how long they waited: "... waiting 600000ms ..."
+        causes, link = [], err
+        while link is not None and len(causes) < 10:
+            causes.append(str(link))
+            link = link.__cause__ or link.__context__
+        waited = re.search(r"(\d+)\s*ms", " ".join(causes))
+        seconds = int(waited.group(1)) / 1000 if waited else None
+    limit = f"{seconds:.0f} s" if seconds is not None else "the timeout"
+    if isinstance(err, dist.DistNetworkError) or ("connect" in text and "timed out" in text):
+        return (
+            f"rank {rank}: could not reach the other processes within ddp_timeout ({limit}) to start the "
+            "distributed run: rank 0 did not start, is slow to start, or MASTER_ADDR/MASTER_PORT point "
+            "elsewhere. Raise ddp_timeout on a busy machine"
+        )
     if any(marker in text for marker in _PEER_GONE_MARKERS):
         return (
             f"rank {rank}: another process of the distributed run died during a collective. Look at its "
@@ -101,8 +131,6 @@ def describe_timeout(err: BaseException, trainer: pl.Trainer | None = None) -> s
             "finished epoch: fix the cause and resume with --ckpt_path .../last.ckpt"
         )
     if any(marker in text for marker in _TIMEOUT_MARKERS):
-        seconds = timeout_seconds(trainer) if trainer is not None else None
-        limit = f"{seconds:.0f} s" if seconds is not None else "the timeout"
         return (
             f"rank {rank}: a collective waited longer than ddp_timeout ({limit}) for the other processes: "
             "one of them is stuck, much slower, or died. Look at the other ranks' output; raise ddp_timeout "

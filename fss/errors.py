@@ -76,13 +76,15 @@ def user_message(err: BaseException, trainer: object | None = None) -> str | Non
     from fss.distributed import describe_timeout
 
     chain = _chain(err)
-    for link in chain:
-        described = describe_timeout(link, trainer)  # type: ignore[arg-type]
-        if described is not None:
-            return described
-    # fss's own message when it wrapped the error (e.g. "cannot write X: no space left ..."), else
-    # the innermost user error (jsonargparse wraps a data module's ValueError in its own)
+    # fss's own message when it wrapped the error (e.g. "cannot write X: no space left ...")
     ours = [link for link in chain if _is_user_error(link) and _raised_in(link, ("fss",))]
+    # else a distributed failure, else the innermost user error (jsonargparse wraps a data
+    # module's ValueError in its own)
+    if not ours:
+        for link in chain:
+            described = describe_timeout(link, trainer)  # type: ignore[arg-type]
+            if described is not None:
+                return described
     for link in ours[:1] or reversed(chain):
         if _is_user_error(link):
             text = _without_worker_trace(str(link).strip()) or type(link).__name__
