@@ -2,7 +2,7 @@
 
 Each fires once, at a given epoch and training batch, so a test can interrupt a real run exactly
 where it wants: :class:`SignalAt` sends a signal to the process itself (Ctrl+C is SIGINT, a cluster
-kill is SIGKILL), :class:`TruncateFilesAt` corrupts dataset files under a running fit, and
+kill is SIGKILL), :class:`StopAt` stops the run as ``max_time`` does, :class:`TruncateFilesAt` corrupts dataset files under a running fit, and
 :class:`StallOnRank` makes one rank wait in a collective the others never join (a deadlock, which
 the DDP timeout must turn into an error).
 """
@@ -30,6 +30,18 @@ class SignalAt(Callback):
         if trainer.current_epoch == self.epoch and batch_idx == self.batch and trainer.is_global_zero:
             os.kill(os.getpid(), self.signum)
             time.sleep(5)  # the signal arrives while this sleeps (SIGKILL never returns)
+
+
+class StopAt(Callback):
+    """Ask the trainer to stop after training batch ``batch`` of ``epoch``, as ``trainer.max_time`` does
+    (Lightning's Timer sets ``trainer.should_stop`` at a batch end when the time is up)."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.current_epoch == self.epoch and args[-1] == self.batch:
+            trainer.should_stop = True
 
 
 class TruncateFilesAt(Callback):

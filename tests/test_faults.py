@@ -165,6 +165,9 @@ def reference_root(config: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         torch.set_num_threads(threads)
     rows = logged(root)
     assert {r[0] for r in rows} == {"0", "1", "2"} and any("val/miou" in r[2] for r in rows)
+    # val/miou never improves after epoch 0 here: Lightning 2.6 alone would have left last.ckpt at
+    # epoch 0 (it writes last.ckpt only with a new best checkpoint)
+    assert [p.name for p in root.glob("version_0/checkpoints/best-*.ckpt")] == ["best-epoch=0.ckpt"]
     return root
 
 
@@ -195,6 +198,22 @@ def test_interrupted_fit_resumes_to_identical_metrics(
                "--trainer.callbacks", "[]") is None  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("version_")) == ["version_0"]
     assert_same_outcome(tmp_path, reference)
+
+
+def test_a_max_time_stop_is_saved_and_resumed_from_the_next_epoch(config: Path, tmp_path: Path) -> None:
+    """``max_time`` ends the running epoch early (Lightning validates it and counts it as finished):
+    last.ckpt holds that stop, and a resumed run starts the next epoch."""
+    stop = {"class_path": "tests.faults.StopAt", "init_args": {"epoch": 1, "batch": 1}}
+    assert fit(write_config(tmp_path / "stop.yaml", [stop]), tmp_path) is None
+    ckpt = torch.load(last_ckpt(tmp_path), map_location="cpu", weights_only=False)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (2, 4 + 2)  # epoch 1 stopped after 2 of its 4 steps
+    rows = logged(tmp_path)
+    assert any(epoch == "1" and "val/miou" in values for epoch, _, values in rows)  # validated at the stop
+    assert fit(config, tmp_path, "--ckpt_path", str(last_ckpt(tmp_path))) is None
+    ckpt = torch.load(last_ckpt(tmp_path), map_location="cpu", weights_only=False)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (3, 6 + 4)
+    val_epochs = [epoch for epoch, _, values in logged(tmp_path) if "val/miou" in values]
+    assert val_epochs == ["0", "1", "2"]  # each epoch once, in the same run directory
 
 
 def test_full_disk_while_writing_last_ckpt(
