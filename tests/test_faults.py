@@ -177,16 +177,17 @@ def reference(reference_root: Path) -> tuple:
     return outcome(reference_root)
 
 
-@pytest.mark.parametrize("signum", ["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_interrupted_fit_resumes_to_identical_metrics(
     signum: str, reference: tuple, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     killer = {"class_path": "tests.faults.SignalAt", "init_args": {"epoch": 1, "batch": 1, "signum": signum}}
     interrupted = fit_subprocess(write_config(tmp_path / "kill.yaml", [killer]), tmp_path)
-    if signum == "SIGINT":  # Ctrl+C: one message saying what is kept and how to resume
-        assert interrupted.returncode == 130, interrupted.stderr[-3000:]
+    if signum != "SIGKILL":  # Ctrl+C, a preemption: one message saying what is kept and how to resume
+        status, said = {"SIGINT": (130, "interrupted."), "SIGTERM": (143, "terminated (SIGTERM).")}[signum]
+        assert interrupted.returncode == status, interrupted.stderr[-3000:]
         assert "Traceback" not in interrupted.stderr
-        assert "fss fit: interrupted." in interrupted.stderr
+        assert f"fss fit: {said}" in interrupted.stderr
         assert f"{last_ckpt(tmp_path)} holds the run after 1 finished epoch(s)" in interrupted.stderr
         assert f"--ckpt_path {last_ckpt(tmp_path)}" in interrupted.stderr
     else:
