@@ -63,7 +63,7 @@ from fss.atomic import AtomicCheckpointIO
 from fss.callbacks import BestEpochTracker
 from fss.checkpoint import SPECIAL_CKPT_PATHS, RunCheckpoint, load_checkpoint, reconcile_hparams
 from fss.distributed import DEFAULT_TIMEOUT_S, DistributedFailure, apply_timeout, describe_timeout, shutdown
-from fss.errors import condense_parser_error, debug_enabled, user_message
+from fss.errors import condense_parser_error, debug_enabled, error_chain, user_message
 from fss.loggers import wandb_offline_reason
 from fss.task import FewShotSegmentationTask
 
@@ -290,10 +290,8 @@ class FSSCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except Exception as err:
-            chain, link = [], err
-            while link is not None and len(chain) < 10:
-                chain.append(link)
-                link = link.__cause__ or link.__context__
+            # a distributed failure is explained here, where the trainer (its ddp_timeout) is known
+            chain = error_chain(err)
             described = next((d for e in chain if (d := describe_timeout(e, self.trainer)) is not None), None)
             if described is None:
                 raise

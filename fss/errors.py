@@ -31,7 +31,7 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def _chain(err: BaseException) -> list[BaseException]:
+def error_chain(err: BaseException) -> list[BaseException]:
     """``err`` and its causes, outermost first (explicit ``__cause__`` links, else ``__context__``)."""
     out: list[BaseException] = []
     while err is not None and err not in out:
@@ -75,7 +75,7 @@ def user_message(err: BaseException, trainer: object | None = None) -> str | Non
     """The message to print for ``err``, or ``None`` when it is a bug (keep the stack trace)."""
     from fss.distributed import describe_timeout
 
-    chain = _chain(err)
+    chain = error_chain(err)
     # fss's own message when it wrapped the error (e.g. "cannot write X: no space left ...")
     ours = [link for link in chain if _is_user_error(link) and _raised_in(link, ("fss",))]
     # else a distributed failure, else the innermost user error (jsonargparse wraps a data
