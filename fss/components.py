@@ -127,6 +127,44 @@ def describe_options(net: FewShotSegmenter) -> dict[str, Any]:
     }
 
 
+#: the typed parts of ``model``, in the order they are built
+PARTS = ("net", "backbone", "masking")
+
+
+def part_form(part: str, value: Any) -> dict[str, Any]:
+    """``model.<part>`` in one comparable form: ``{class_path, init_args}`` with every argument.
+
+    A registered name, a config namespace or dict and a checkpoint's description of the same part
+    give the same dict (defaults filled in from the class's signature). Arguments that only
+    initialise the part are left out (a backbone's ``weights``: a checkpoint holds them), as are
+    the network's ``backbone``/``masking``, which are parts of their own.
+    """
+    registries = {"net": MODELS, "backbone": BACKBONES, "masking": MASKINGS}
+    skip = {"net": ("backbone", "masking", "weights"), "backbone": ("weights",), "masking": ()}[part]
+    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
+        value = value.as_dict()
+    if isinstance(value, str):
+        entry = registries[part].get(value)
+        if entry is None:
+            raise ValueError(f"model.{part}: unknown name {value!r}")
+        cls, kwargs = entry if isinstance(entry, tuple) else (entry, {})
+    elif isinstance(value, dict) and "class_path" in value:
+        cls, kwargs = _import(value["class_path"]), dict(value.get("init_args") or {})
+    else:  # an object or builder given in Python: compared as it is
+        return {"value": value}
+    args = {}
+    if inspect.isclass(cls) and cls.__init__ is not object.__init__:
+        for name, param in list(inspect.signature(cls.__init__).parameters.items())[1:]:
+            if param.default is not param.empty and param.kind not in (
+                param.VAR_POSITIONAL,
+                param.VAR_KEYWORD,
+            ):
+                args[name] = param.default
+    args.update({k: v for k, v in kwargs.items() if k != "__path__"})
+    args = {k: list(v) if isinstance(v, tuple) else v for k, v in args.items() if k not in skip}
+    return {"class_path": class_path(cls) if inspect.isclass(cls) else str(cls), "init_args": args}
+
+
 # -- the options before the typed form --------------------------------------------------------------
 #: model options of fss before the typed form, and what replaced them
 LEGACY_KEYS = {

@@ -175,6 +175,7 @@ def build_parser() -> ArgumentParser:
         prog="fss pretrain",
         description="Train a ResNet classifier on the synthetic training classes of one fold (never the "
         "held-out fold's) and save it as a torchvision state_dict for model.backbone.weights.",
+        allow_abbrev=False,  # an option prefix is never taken for the option
     )
     parser.add_argument(
         "--config", action=ActionConfigFile, help="YAML config, e.g. configs/pretrain_synthetic.yaml"

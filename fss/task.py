@@ -104,6 +104,22 @@ class FewShotSegmentationTask(pl.LightningModule):
         min_lr: the cosine schedule's final learning rate (``eta_min``; VAT's 1e-6).
     """
 
+    #: hyperparameters that do not describe the network: with ``--ckpt_path`` an explicit value on the
+    #: command line or in the config wins over the checkpoint's (every other one must match it)
+    RUN_SETTINGS: tuple[str, ...] = (
+        "lr",
+        "kshot_rule",
+        "num_classes",
+        "fg_weight",
+        "optimizer",
+        "weight_decay",
+        "decoder_lr",
+        "scheduler",
+        "min_lr",
+    )
+    #: hyperparameters that only initialise the network: ignored when a checkpoint is loaded
+    INIT_ONLY: tuple[str, ...] = ("pretrained",)
+
     def __init__(
         self,
         net: NetName | NetBuilder = "hsnet",

@@ -148,7 +148,8 @@ def test_resume_from_last_checkpoint(fitted: Path, tmp_path: Path) -> None:
           "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(last)])  # fmt: skip
     run = run_dir(tmp_path)
     resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert resumed["epoch"] == 1 and resumed["global_step"] == 4  # 2 steps before + 2 after resuming
+    # last.ckpt is the end of training: 2 finished epochs ("epoch" counts them), 2 steps before + 2 after
+    assert resumed["epoch"] == 2 and resumed["global_step"] == 4
     best = json.loads((run / "best.json").read_text())
     assert best["epochs_run"] == 2 and best["best_epoch"] in (0, 1)
 
@@ -181,7 +182,7 @@ def test_link_and_overrides_reach_the_objects(tmp_path: Path) -> None:
     assert [type(logger).__name__ for logger in cli_.trainer.loggers] == ["CSVLogger", "WandbLogger"]
     assert all(Path(logger.save_dir) == tmp_path for logger in cli_.trainer.loggers)
     callbacks = {type(c).__name__: c for c in cli_.trainer.callbacks}
-    assert callbacks["ModelCheckpoint"].monitor == "val/miou" and callbacks["ModelCheckpoint"].mode == "max"
+    assert callbacks["RunCheckpoint"].monitor == "val/miou" and callbacks["RunCheckpoint"].mode == "max"
     assert callbacks["EarlyStopping"].monitor == "val/miou" and callbacks["EarlyStopping"].patience == 5
     assert "BestEpochTracker" in callbacks
 

@@ -14,7 +14,7 @@ It then writes into the study directory::
       per_class_iou.csv   test IoU per class, per run
       runs/<variant>/fold<f>-seed<s>/   one run: checkpoints/{best,last}.ckpt, wandb/, and the
                       CSVLogger directories fit/ (metrics.csv, config.yaml, best.json; a resumed fit
-                      continues in fit-resume1/ ...) and test/ (metrics.csv, test_results.json)
+                      continues in it and in the same W&B run) and test/ (metrics.csv, test_results.json)
 
 Study config (YAML)::
 
