@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
+
+from fss.atomic import write_text
+from fss.distributed import run_dir
 
 
 class BestEpochTracker(Callback):
@@ -96,11 +98,9 @@ class BestEpochTracker(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_clock()
-        log_dir = trainer.log_dir  # a collective under DDP: every process must ask
+        out_dir = run_dir(trainer)  # a collective under DDP: every process must ask
         if not trainer.is_global_zero:
             return
-        run_dir = Path(log_dir or trainer.default_root_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
         summary = {
             "best_epoch": self.best_epoch,
             "best_val_miou": self.best_value,
@@ -109,8 +109,8 @@ class BestEpochTracker(Callback):
             "monitor": self.monitor,
             "initial_val_miou": self.initial_value,
         }
-        path = run_dir / self.filename
-        path.write_text(json.dumps(summary, indent=2) + "\n")
+        path = out_dir / self.filename
+        write_text(path, json.dumps(summary, indent=2) + "\n")
         before = (
             "n/a (set trainer.num_sanity_val_steps: -1)"
             if self.initial_value is None
@@ -159,9 +159,8 @@ class TestResultsWriter(Callback):
             for c, v in enumerate(per_class)
             if not math.isnan(v)
         }
+        out_dir = run_dir(trainer)  # a collective under DDP: every process asks
         if not trainer.is_global_zero:
             return
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
         results = {"test_miou": values["miou"], "test_fbiou": values["fbiou"], "per_class_iou": per_class_iou}
-        (run_dir / self.filename).write_text(json.dumps(results, indent=2) + "\n")
+        write_text(out_dir / self.filename, json.dumps(results, indent=2) + "\n")

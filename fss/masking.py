@@ -1,7 +1,7 @@
 """Support masking strategies: how the support mask is applied to the support features.
 
 Every strategy maps the backbone features of the support images to *masked* support features
-that the correlation layers compare with the query. Given, for one feature level,
+that the model compares with the query. Given, for one feature level,
 
 * ``feats``  [N, C, h, w]: features of the plain support images,
 * ``masked`` [N, C, h, w]: features of the support images multiplied by their mask in the
@@ -9,13 +9,10 @@ that the correlation layers compare with the query. Given, for one feature level
   the same batched call as the plain pass),
 * ``mask``   [N, H, W]: the binary support masks (float, 0/1),
 
-the strategies are (Moon et al., "HM: Hybrid Masking for Few-Shot Segmentation", ECCV 2022):
-
-``fm``          FM = feats x bilinear(mask -> h x w, align_corners=True)
-``im``          IM = masked
-``hm``          FM where FM > 0, else IM
-``hm_add``      FM + IM                  (ablation)
-``hm_reverse``  IM where IM > 0, else FM (ablation)
+a strategy returns one masked map per level. Its class attributes tell the model which backbone
+passes it needs. Each strategy's definition is in its class docstring (Moon et al., "HM: Hybrid
+Masking for Few-Shot Segmentation", ECCV 2022); a name means the same operation in every model.
+``MASKINGS`` is the registry of names (``model.masking: hm``); docs, errors and tests list it.
 
 A new strategy is one subclass of :class:`SupportMasking` plus one line in ``MASKINGS``.
 See ``docs/masking.md`` for the reasoning and the reference code paths.
@@ -29,6 +26,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from fss.describe import RecordsInitArgs
 
 
 def resize_mask(mask: Tensor, size: tuple[int, int]) -> Tensor:
@@ -46,15 +45,19 @@ def input_mask(images: Tensor, mask: Tensor) -> Tensor:
     return images * mask.unsqueeze(1).to(images.dtype)
 
 
-class SupportMasking(ABC):
+class SupportMasking(RecordsInitArgs, ABC):
     """Base class: combine plain and input-masked support features into masked features.
 
     Class attributes tell the model which backbone passes are needed, so that it runs exactly
-    those (in one batched call).
+    those (in one batched call). A strategy with ``needs_masked_input`` False is a function of the
+    plain features and the mask only, so it can be applied at any feature resolution (VAT applies
+    such strategies after resizing the features, as the original VAT does for FM).
     """
 
     name: ClassVar[str]
+    #: the features of the plain support images are used
     needs_plain: ClassVar[bool] = True
+    #: the features of the input-masked support images are used (a second backbone pass)
     needs_masked_input: ClassVar[bool] = False
 
     @abstractmethod
@@ -66,7 +69,10 @@ class SupportMasking(ABC):
 
 
 class FeatureMasking(SupportMasking):
-    """FM: features x mask resized to the feature size (the HSNet / VAT / ASNet default)."""
+    """FM: features x mask resized bilinearly (``align_corners=True``) to the feature size.
+
+    The support masking of the original HSNet and VAT.
+    """
 
     name = "fm"
 
@@ -75,7 +81,7 @@ class FeatureMasking(SupportMasking):
 
 
 class InputMasking(SupportMasking):
-    """IM: features of the masked support image."""
+    """IM: the features of the support image multiplied by its mask (background = ImageNet mean colour)."""
 
     name = "im"
     needs_plain = False
@@ -115,9 +121,30 @@ class HybridMaskingReverse(SupportMasking):
         return [torch.where(im > 0, im, fm) for fm, im in zip(feature_masking(feats, mask), masked)]
 
 
+class NoMasking(SupportMasking):
+    """The support features as they are: the mask reaches the model only where the model uses it itself.
+
+    The reference ASNet (its published numbers, the HM paper's ASNet "FM" row): its support
+    features are never multiplied by the mask; its attention keys outside the mask are dropped.
+    For models that do not use the mask themselves (HSNet, VAT) it is the "no masking" ablation.
+    """
+
+    name = "none"
+
+    def __call__(self, feats, masked, mask):
+        return list(feats)
+
+
 MASKINGS: dict[str, type[SupportMasking]] = {
     cls.name: cls
-    for cls in (FeatureMasking, InputMasking, HybridMasking, HybridMaskingAdd, HybridMaskingReverse)
+    for cls in (
+        FeatureMasking,
+        InputMasking,
+        HybridMasking,
+        HybridMaskingAdd,
+        HybridMaskingReverse,
+        NoMasking,
+    )
 }
 
 

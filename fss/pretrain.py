@@ -13,10 +13,10 @@ Images are drawn from ``numpy.random.default_rng([seed, 0, fold, step])`` for tr
 ``[seed, 1, fold, i]`` for the held-out evaluation renders (fresh scenes of the same classes).
 
 Writes ``output`` (a torchvision ``state_dict`` without ``fc.*``, loadable with
-``model.weights: PATH``) and ``output`` with suffix ``.json`` (fold, classes, accuracy, time)::
+``model.backbone.weights: PATH``) and ``output`` with suffix ``.json`` (fold, classes, accuracy, time)::
 
     fss pretrain --config configs/pretrain_synthetic.yaml
-    fss fit --config configs/demo.yaml --model.weights runs/pretrain_synthetic/resnet18_fold0.pth
+    fss fit --config configs/demo.yaml --model.backbone.weights runs/pretrain_synthetic/resnet18_fold0.pth
 """
 
 from __future__ import annotations
@@ -174,7 +174,8 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="fss pretrain",
         description="Train a ResNet classifier on the synthetic training classes of one fold (never the "
-        "held-out fold's) and save it as a torchvision state_dict for model.weights.",
+        "held-out fold's) and save it as a torchvision state_dict for model.backbone.weights.",
+        allow_abbrev=False,  # an option prefix is never taken for the option
     )
     parser.add_argument(
         "--config", action=ActionConfigFile, help="YAML config, e.g. configs/pretrain_synthetic.yaml"

@@ -1,7 +1,8 @@
 """The LightningModule of every experiment: a few-shot segmenter, its loss, metrics and optimizer.
 
-:class:`FewShotSegmentationTask` wraps any network of ``fss.models.MODELS`` behind flat, typed
-options so that configs and the CLI can say ``--model.net hsnet --model.masking fm``.
+:class:`FewShotSegmentationTask` builds its network from three typed options, ``net``, ``backbone``
+and ``masking`` (registered names or classes with options; see ``fss.components``), so that configs
+and the CLI can say ``--model.net hsnet --model.backbone resnet50 --model.masking fm``.
 
 * training: cross-entropy (ignore index 255) on the logits [B, 2, H, W] (mean over the K shots);
   the training mIoU/FB-IoU use the argmax of those logits, as the reference training loop does;
@@ -20,7 +21,6 @@ Logged keys: ``{train,val,test}/loss`` (epoch means), ``{train,val,test}/miou`` 
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from typing import Any, Literal
 
@@ -30,14 +30,25 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor
 
+from fss.backbones import FeatureBackbone
+from fss.components import (
+    BackboneName,
+    MaskingName,
+    NetBuilder,
+    NetName,
+    build_backbone_option,
+    build_masking_option,
+    build_net,
+    describe_options,
+)
+from fss.masking import SupportMasking
 from fss.metrics import IGNORE_INDEX, FewShotIoU
-from fss.models import MODELS, FewShotSegmenter, build_model
 from fss.models.base import aggregate_shots
 
 Stage = Literal["train", "val", "test"]
 
-#: constructor arguments that the task sets itself (never through ``net_options``)
-TASK_NET_ARGS = ("backbone", "masking", "weights")
+#: the options that hold objects (their hyper-parameters are descriptions of what was built)
+OBJECT_OPTIONS = ("net", "backbone", "masking")
 
 # Lightning warns about submodules left in eval mode at the start of fit: the frozen backbone is,
 # on purpose (its BatchNorm statistics must not move).
@@ -68,18 +79,19 @@ class FewShotSegmentationTask(pl.LightningModule):
     """Train and evaluate a few-shot segmenter.
 
     Args:
-        net: model name in ``fss.models.MODELS`` (``hsnet``, ``asnet``, ``vat``).
-        backbone: ``resnet50`` | ``resnet101`` (or ``resnet18`` | ``resnet34`` for small runs).
-        masking: support masking strategy: ``fm`` | ``im`` | ``hm`` | ``hm_add`` | ``hm_reverse``.
-        weights: backbone weights: ``imagenet``, a torchvision state_dict path, or null (random).
+        net: the network: a name of ``fss.models.MODELS`` (listed in the type below) or a
+            :class:`~fss.models.FewShotSegmenter` class with its own options
+            (``class_path: fss.models.VAT``, ``init_args: {benchmark: pascal}``).
+        backbone: the frozen backbone: a name of ``fss.backbones.BACKBONES`` (its standard pretrained
+            weights) or a :class:`~fss.backbones.FeatureBackbone` class with options
+            (``class_path: fss.backbones.ResNet``, ``init_args: {name: resnet18, weights: null}``).
+        masking: the support masking: a name of ``fss.masking.MASKINGS`` or a
+            :class:`~fss.masking.SupportMasking` class.
         lr: learning rate (HSNet and ASNet: 1e-3 with Adam; VAT: 5e-4 with AdamW).
         kshot_rule: how K > 1 shots are combined at evaluation: ``vote`` (reference) or ``mean``.
         num_classes: width of the metric state (global class ids must be below it); the CLI
             links it from the data module's ``num_classes``.
         fg_weight: weight of the foreground class in the loss (1.0 = the references' plain CE).
-        net_options: extra keyword arguments of the model's constructor (model specific, e.g.
-            VAT's ``benchmark``, ``feature_size``, ``gradient_checkpointing``); an unknown key is
-            an error that lists the valid ones.
         pretrained: path of a reference or published checkpoint loaded into the network with
             ``load_reference_state_dict`` (e.g. to test the authors' weights).
         optimizer: ``adam`` (HSNet, ASNet references) or ``adamw`` (VAT reference).
@@ -92,17 +104,31 @@ class FewShotSegmentationTask(pl.LightningModule):
         min_lr: the cosine schedule's final learning rate (``eta_min``; VAT's 1e-6).
     """
 
+    #: hyperparameters that do not describe the network: with ``--ckpt_path`` an explicit value on the
+    #: command line or in the config wins over the checkpoint's (every other one must match it)
+    RUN_SETTINGS: tuple[str, ...] = (
+        "lr",
+        "kshot_rule",
+        "num_classes",
+        "fg_weight",
+        "optimizer",
+        "weight_decay",
+        "decoder_lr",
+        "scheduler",
+        "min_lr",
+    )
+    #: hyperparameters that only initialise the network: ignored when a checkpoint is loaded
+    INIT_ONLY: tuple[str, ...] = ("pretrained",)
+
     def __init__(
         self,
-        net: str = "hsnet",
-        backbone: str = "resnet50",
-        masking: str = "hm",
-        weights: str | None = "imagenet",
+        net: NetName | NetBuilder = "hsnet",
+        backbone: FeatureBackbone | BackboneName = "resnet50",
+        masking: SupportMasking | MaskingName = "hm",
         lr: float = 1e-3,
         kshot_rule: Literal["vote", "mean"] = "vote",
         num_classes: int = 1000,
         fg_weight: float = 1.0,
-        net_options: dict[str, Any] | None = None,
         pretrained: str | None = None,
         optimizer: Literal["adam", "adamw"] = "adam",
         weight_decay: float = 0.0,
@@ -111,7 +137,7 @@ class FewShotSegmentationTask(pl.LightningModule):
         min_lr: float = 1e-6,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=list(OBJECT_OPTIONS))  # objects: described below
         if fg_weight <= 0:
             raise ValueError(f"model.fg_weight must be positive, got {fg_weight}")
         if optimizer not in ("adam", "adamw"):
@@ -123,9 +149,11 @@ class FewShotSegmentationTask(pl.LightningModule):
                 raise ValueError(f"model.{name} must be non-negative, got {value}")
         if weight_decay < 0:
             raise ValueError(f"model.weight_decay must be non-negative, got {weight_decay}")
-        net_options = dict(net_options or {})
-        check_net_options(net, net_options)
-        self.net = build_model(net, backbone=backbone, masking=masking, weights=weights, **net_options)
+        self.net = build_net(net, build_backbone_option(backbone), build_masking_option(masking))
+        # what was built, in the config form: fss test --ckpt_path and load_from_checkpoint rebuild it
+        described = describe_options(self.net)
+        self.hparams.update(described)
+        self._hparams_initial.update(described)
         if pretrained is not None:
             self.net.load_reference_state_dict(pretrained)
         class_weight = None if fg_weight == 1.0 else torch.tensor([1.0, fg_weight])
@@ -236,8 +264,8 @@ class FewShotSegmentationTask(pl.LightningModule):
         others = [p for n, p in named if "decoder" not in n]
         if not decoder:
             raise ValueError(
-                f"model.decoder_lr is set but no trainable parameter of the {hp.net} learner has "
-                "'decoder' in its name; leave model.decoder_lr null"
+                f"model.decoder_lr is set but no trainable parameter of the {type(self.net).__name__} "
+                "learner has 'decoder' in its name; leave model.decoder_lr null"
             )
         return [
             {"params": others, "lr": hp.lr, "name": "learner"},
@@ -259,26 +287,3 @@ class FewShotSegmentationTask(pl.LightningModule):
             )
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs, eta_min=hp.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
-
-
-def check_net_options(net: str, net_options: dict[str, Any]) -> None:
-    """Raise a ValueError naming ``model.net_options`` when a key is not an option of ``net``'s constructor.
-
-    ``backbone``, ``masking`` and ``weights`` are rejected too: they are the task's own options
-    (``model.backbone`` etc.). Unknown model names are left to :func:`fss.models.build_model`.
-    """
-    cls: type[FewShotSegmenter] | None = MODELS.get(net)
-    if cls is None:
-        return
-    params = inspect.signature(cls).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    valid = [name for name in params if name not in TASK_NET_ARGS and name != "self"]
-    for key in net_options:
-        if key in TASK_NET_ARGS:
-            raise ValueError(f"model.net_options: set {key!r} with model.{key}, not in net_options")
-        if key not in params:
-            raise ValueError(
-                f"model.net_options: {key!r} is not an option of {cls.__name__} (model.net: {net}); "
-                f"valid keys: {', '.join(valid) or 'none'}"
-            )

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from fss.data.episode import IGNORE_INDEX
 from fss.data.transforms import denormalize_image
+from fss.distributed import run_dir
 
 #: RGB tints: support masks blue, predictions (and ground truth) red, as in the HM paper's figures
 SUPPORT_COLOUR: tuple[int, int, int] = (30, 110, 255)
@@ -126,10 +127,6 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "query"
 
 
-def _run_dir(trainer: pl.Trainer) -> Path:
-    return Path(trainer.log_dir or trainer.default_root_dir)
-
-
 # ------------------------------------------------------------------------------------------ predict
 class MaskWriter(BasePredictionWriter):
     """Write every predicted mask as a PNG, and an overlay image, during ``fss predict``.
@@ -169,16 +166,21 @@ class MaskWriter(BasePredictionWriter):
         self.overlay_max_side = overlay_max_side
         self.alpha = alpha
         self.keep_predictions = keep_predictions
-        self.written: list[Path] = []  # mask files written by the last run
+        self.written: list[Path] = []  # mask files written by this process in the last run
+        self.total_written = 0  # mask files written by all processes in the last run
         self._support_cache: dict[str, RGBImage] = {}
+        self._dir: Path | None = None
 
     def resolved_dir(self, trainer: pl.Trainer) -> Path:
-        """The output directory for ``trainer``."""
-        return Path(self.output_dir) if self.output_dir is not None else _run_dir(trainer) / "predictions"
+        """The output directory for ``trainer`` (a collective under DDP when ``output_dir`` is None)."""
+        return Path(self.output_dir) if self.output_dir is not None else run_dir(trainer) / "predictions"
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.written = []
+        self.total_written = 0
         self._support_cache = {}
+        # every rank asks here, once: the ranks may write different numbers of batches
+        self._dir = self.resolved_dir(trainer)
         if not self.keep_predictions:
             trainer.predict_loop.return_predictions = False
 
@@ -223,7 +225,7 @@ class MaskWriter(BasePredictionWriter):
         dataloader_idx: int = 0,
     ) -> None:
         """Write the masks ([H, W] each: a [B, H, W] tensor or a list of B tensors) of one batch."""
-        out = self.resolved_dir(trainer)
+        out = self._dir if self._dir is not None else self.resolved_dir(trainer)
         (out / "masks").mkdir(parents=True, exist_ok=True)
         if self.overlay:
             (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -239,8 +241,11 @@ class MaskWriter(BasePredictionWriter):
                 Image.fromarray(panel).save(out / "overlays" / f"{name}.jpg", quality=90)
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero and self.written:
-            print(f"MaskWriter: wrote {len(self.written)} masks to {self.resolved_dir(trainer)}", flush=True)
+        # the sum over ranks is a collective: every rank takes part
+        count = torch.tensor(len(self.written), dtype=torch.long, device=pl_module.device)
+        self.total_written = int(trainer.strategy.reduce(count, reduce_op="sum"))
+        if trainer.is_global_zero and self.total_written:
+            print(f"MaskWriter: wrote {self.total_written} masks to {self._dir}", flush=True)
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -379,7 +384,9 @@ class EpisodeFigures(Callback):
 
     # -- drawing ---------------------------------------------------------------------------
     def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        out_dir = run_dir(trainer) / self.dirname  # every rank: a collective under DDP
         if not self._batches or not trainer.is_global_zero:
+            self._reset()
             return
         shots = {b["support_imgs"].shape[1] for b in self._batches}
         episodes = []
@@ -400,7 +407,7 @@ class EpisodeFigures(Callback):
                     )
         epoch = trainer.current_epoch
         prefix = "" if stage == "val" else f"{stage}_"
-        path = _run_dir(trainer) / self.dirname / f"{prefix}epoch_{epoch:03d}.png"
+        path = out_dir / f"{prefix}epoch_{epoch:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         shot_text = "/".join(str(k) for k in sorted(shots))
         fig = episode_figure(episodes, f"{stage} episodes, epoch {epoch} ({shot_text}-shot)")

@@ -111,11 +111,34 @@ def test_checkpoint_evaluation_fetches_no_imagenet_weights(
     ckpt = torch.load(
         run_dir(fitted) / "checkpoints" / "best-epoch=0.ckpt", map_location="cpu", weights_only=False
     )
-    ckpt["hyper_parameters"]["weights"] = "imagenet"
+    ckpt["hyper_parameters"]["backbone"]["init_args"]["weights"] = "imagenet"
     torch.save(ckpt, tmp_path / "imagenet_trained.ckpt")
-    main(["test", "--config", DEMO, *TINY, "--model.weights", "imagenet", "--trainer.logger", "true",
+    main(["test", "--config", DEMO, *TINY, "--model.backbone.weights", "imagenet", "--trainer.logger", "true",
           "--trainer.default_root_dir", str(tmp_path / "run"), "--ckpt_path", str(tmp_path / "imagenet_trained.ckpt")])  # fmt: skip
     assert "test/miou" in (run_dir(tmp_path / "run") / "metrics.csv").read_text()
+
+
+@pytest.mark.slow
+def test_checkpoint_of_the_old_model_options_is_upgraded(fitted: Path, tmp_path: Path) -> None:
+    """A checkpoint written before typed models (net name, weights, net_options) still tests."""
+    ckpt = torch.load(run_dir(fitted) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    hparams = ckpt["hyper_parameters"]
+    hparams.update(net="hsnet", backbone="resnet18", weights=None, net_options={}, masking="hm")
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.warns(UserWarning, match="written by fss before typed models"):
+        main(["test", "--config", DEMO, *TINY, "--trainer.logger", "true",
+              "--trainer.default_root_dir", str(tmp_path / "run"), "--ckpt_path", str(tmp_path / "old.ckpt")])  # fmt: skip
+    assert "test/miou" in (run_dir(tmp_path / "run") / "metrics.csv").read_text()
+
+
+def test_a_named_backbone_under_a_checkpoint_gets_no_weights() -> None:
+    from fss.cli import _without_weights
+
+    spec = _without_weights("resnet50")
+    assert spec.class_path == "fss.backbones.ResNet" and spec.init_args.as_dict() == {
+        "name": "resnet50",
+        "weights": None,
+    }
 
 
 @pytest.mark.slow
@@ -125,7 +148,8 @@ def test_resume_from_last_checkpoint(fitted: Path, tmp_path: Path) -> None:
           "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(last)])  # fmt: skip
     run = run_dir(tmp_path)
     resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert resumed["epoch"] == 1 and resumed["global_step"] == 4  # 2 steps before + 2 after resuming
+    # last.ckpt is the end of training: 2 finished epochs ("epoch" counts them), 2 steps before + 2 after
+    assert resumed["epoch"] == 2 and resumed["global_step"] == 4
     best = json.loads((run / "best.json").read_text())
     assert best["epochs_run"] == 2 and best["best_epoch"] in (0, 1)
 
@@ -158,7 +182,7 @@ def test_link_and_overrides_reach_the_objects(tmp_path: Path) -> None:
     assert [type(logger).__name__ for logger in cli_.trainer.loggers] == ["CSVLogger", "WandbLogger"]
     assert all(Path(logger.save_dir) == tmp_path for logger in cli_.trainer.loggers)
     callbacks = {type(c).__name__: c for c in cli_.trainer.callbacks}
-    assert callbacks["ModelCheckpoint"].monitor == "val/miou" and callbacks["ModelCheckpoint"].mode == "max"
+    assert callbacks["RunCheckpoint"].monitor == "val/miou" and callbacks["RunCheckpoint"].mode == "max"
     assert callbacks["EarlyStopping"].monitor == "val/miou" and callbacks["EarlyStopping"].patience == 5
     assert "BestEpochTracker" in callbacks
 

@@ -1,4 +1,4 @@
-"""Masking strategies on hand-made tensors."""
+"""Masking strategies on hand-made tensors; every registered strategy has its definition tested here."""
 
 from __future__ import annotations
 
@@ -13,28 +13,29 @@ MASKED = [torch.tensor([[[[10.0, 20.0], [-30.0, 0.0]]]])]
 MASK = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
 FM = torch.tensor([[[[1.0, -2.0], [0.0, 0.0]]]])
 
+#: the expected output of each registered strategy on FEATS / MASKED / MASK
+DEFINITIONS = {
+    "fm": FM,
+    "im": MASKED[0],
+    "hm": torch.tensor([[[[1.0, 20.0], [-30.0, 0.0]]]]),  # FM > 0 ? FM : IM
+    "hm_add": torch.tensor([[[[11.0, 18.0], [-30.0, 0.0]]]]),  # FM + IM
+    "hm_reverse": torch.tensor([[[[10.0, 20.0], [0.0, 0.0]]]]),  # IM > 0 ? IM : FM
+    "none": FEATS[0],  # the features as they are
+}
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("fm", FM),
-        ("im", MASKED[0]),
-        ("hm", torch.tensor([[[[1.0, 20.0], [-30.0, 0.0]]]])),  # FM > 0 ? FM : IM
-        ("hm_add", torch.tensor([[[[11.0, 18.0], [-30.0, 0.0]]]])),  # FM + IM
-        ("hm_reverse", torch.tensor([[[[10.0, 20.0], [0.0, 0.0]]]])),  # IM > 0 ? IM : FM
-    ],
-)
-def test_definitions(name, expected):
+
+def test_every_registered_strategy_has_its_definition_tested():
+    assert set(DEFINITIONS) == set(MASKINGS), "add the expected output of a new strategy to DEFINITIONS"
+
+
+@pytest.mark.parametrize("name", sorted(MASKINGS))
+def test_definitions_with_only_the_passes_the_strategy_declares(name):
     strategy = build_masking(name)
-    feats = None if not strategy.needs_plain else FEATS
+    assert strategy.name == name and isinstance(build_masking(strategy), type(strategy))
+    feats = FEATS if strategy.needs_plain else None  # a pass it does not declare is not computed
     masked = MASKED if strategy.needs_masked_input else None
     (out,) = strategy(feats, masked, MASK)
-    assert torch.equal(out, expected)
-
-
-def test_passes_needed():
-    assert {n for n, c in MASKINGS.items() if c.needs_masked_input} == {"im", "hm", "hm_add", "hm_reverse"}
-    assert {n for n, c in MASKINGS.items() if not c.needs_plain} == {"im"}
+    assert torch.equal(out, DEFINITIONS[name])
 
 
 def test_feature_masking_resizes_bilinearly_align_corners():
@@ -52,6 +53,7 @@ def test_input_mask_zeroes_background_in_normalised_space():
     assert torch.equal(out[:, :, :2], img[:, :, :2]) and torch.all(out[:, :, 2:] == 0)
 
 
-def test_unknown_name_names_the_option():
-    with pytest.raises(ValueError, match="model.masking"):
+def test_unknown_name_names_the_option_and_the_choices():
+    with pytest.raises(ValueError, match="model.masking") as err:
         build_masking("hmm")
+    assert all(name in str(err.value) for name in MASKINGS)

@@ -1,7 +1,8 @@
-"""Training options of every model through the task and the real CLI: optimizers, schedule, net_options, configs."""
+"""Training options of every model through the task and the real CLI: optimizers, schedule, typed model parts, configs."""
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from pathlib import Path
@@ -13,9 +14,10 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
+from fss.backbones import ResNet
 from fss.cli import build_cli, main
 from fss.data import SyntheticDataModule
-from fss.models import MODELS, FewShotSegmenter
+from fss.models import MODELS, VAT, FewShotSegmenter
 from fss.task import FewShotSegmentationTask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +25,8 @@ DEMO = str(REPO / "configs" / "demo.yaml")
 MODEL_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*_vat_*.yaml")) + sorted(
     p.name for p in (REPO / "configs").glob("*_asnet_*.yaml")
 )
+#: a random ResNet-18 in the config form
+RESNET18 = {"class_path": "fss.backbones.ResNet", "init_args": {"name": "resnet18", "weights": None}}
 
 #: the demo config shrunk: 64 px, 2 episodes per batch, one training and one validation batch
 TINY = [
@@ -37,12 +41,11 @@ TINY = [
     "--trainer.fast_dev_run", "1",
 ]  # fmt: skip
 
-#: per model: options that keep a CPU step cheap, and the optimizer they are trained with
+#: per model: options that keep a CPU step cheap, and the optimizer they are trained with (default: the
+#: registered name, Adam); ASNet runs on 64 px supports: its learner pools its support dims to 2 x 2
 NET_ARGS = {
-    "hsnet": [],
-    "asnet": [],  # 64 px supports work: the learner pools its support dims to 2 x 2
-    "vat": ["--model.net_options", '{"feature_size": 8, "benchmark": "pascal"}', "--model.optimizer", "adamw",
-            "--model.lr", "5e-4", "--model.decoder_lr", "1e-4"],
+    "vat": ["--model.net", "VAT", "--model.net.feature_size", "8", "--model.net.benchmark", "pascal",
+            "--model.optimizer", "adamw", "--model.lr", "5e-4", "--model.decoder_lr", "1e-4"],
 }  # fmt: skip
 
 
@@ -54,12 +57,10 @@ def _no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def small_vat(**kwargs) -> FewShotSegmentationTask:
     options = {
-        "net": "vat",
-        "backbone": "resnet18",
-        "weights": None,
+        "net": functools.partial(VAT, feature_size=8, benchmark="pascal"),
+        "backbone": ResNet("resnet18", weights=None),
         "masking": "hm",
         "num_classes": 5,
-        "net_options": {"feature_size": 8, "benchmark": "pascal"},
     }
     return FewShotSegmentationTask(**(options | kwargs))
 
@@ -99,7 +100,7 @@ def test_one_group_without_decoder_lr_and_adam_by_default() -> None:
 class PrototypeSegmenter(FewShotSegmenter):
     """A 1x1 conv on the cosine similarity to the masked-support prototype (a fast stand-in)."""
 
-    first_layer = 4
+    num_levels = 1
 
     def __init__(self, backbone: str = "resnet18", masking: str = "fm", weights: str | None = None) -> None:
         super().__init__(backbone=backbone, masking=masking, weights=weights)
@@ -125,8 +126,7 @@ class RecordLR(pl.Callback):
 def test_cosine_schedule_steps_once_per_epoch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(MODELS, "prototype", PrototypeSegmenter)
     task = FewShotSegmentationTask(
-        net="prototype", backbone="resnet18", weights=None, masking="fm", num_classes=48,
-        lr=1e-2, scheduler="cosine", min_lr=1e-4,
+        net="prototype", backbone=RESNET18, masking="fm", num_classes=48, lr=1e-2, scheduler="cosine", min_lr=1e-4,
     )  # fmt: skip
     data = SyntheticDataModule(img_size=32, batch_size=2, train_episodes=4, val_episodes=2, test_episodes=2)
     record = RecordLR()
@@ -156,32 +156,90 @@ def test_cosine_needs_max_epochs(tmp_path: Path) -> None:
 
 def test_decoder_lr_without_decoder_params_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(MODELS, "prototype", PrototypeSegmenter)
-    task = FewShotSegmentationTask(net="prototype", backbone="resnet18", weights=None, decoder_lr=1e-4)
+    task = FewShotSegmentationTask(net="prototype", backbone=RESNET18, decoder_lr=1e-4)
     with pytest.raises(ValueError, match="model.decoder_lr"):
         task.configure_optimizers()
 
 
-# -- net_options ----------------------------------------------------------------------------
-def test_unknown_net_option_names_the_option_and_the_valid_keys() -> None:
-    with pytest.raises(ValueError, match="model.net_options") as err:
-        small_vat(net_options={"feature_sise": 8})
-    message = str(err.value)
-    assert "'feature_sise'" in message and "VAT" in message
-    assert "feature_size" in message and "gradient_checkpointing" in message and "benchmark" in message
-    with pytest.raises(ValueError, match="model.masking"):
-        small_vat(net_options={"masking": "fm"})
+# -- the typed model parts on the command line --------------------------------------------------
+def _printed_model(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err
+    return yaml.safe_load(captured.out)["model"]
 
 
-def test_net_options_reach_the_model() -> None:
-    task = small_vat(net_options={"feature_size": 8, "benchmark": "fss1000", "gradient_checkpointing": True})
-    assert task.net.feature_size == 8 and task.net.benchmark == "fss1000" and task.net.gradient_checkpointing
+def test_names_and_class_names_select_the_parts(capsys: pytest.CaptureFixture[str]) -> None:
+    model = _printed_model(capsys, "--config", DEMO, "--model.net", "vat", "--model.backbone", "resnet101",
+                           "--model.masking", "none")  # fmt: skip
+    assert (model["net"], model["backbone"], model["masking"]) == ("vat", "resnet101", "none")
+    model = _printed_model(capsys, "--config", DEMO, "--model.net", "VAT", "--model.net.feature_size", "8",
+                           "--model.backbone.name", "resnet34")  # fmt: skip
+    assert model["net"]["class_path"] == "fss.models.VAT" and model["net"]["init_args"]["feature_size"] == 8
+    assert model["backbone"]["init_args"] == {"name": "resnet34", "weights": None}  # the demo's weights kept
 
 
-def test_unknown_net_option_through_the_cli(tmp_path: Path) -> None:
-    args = ["fit", "--config", DEMO, "--model.net", "asnet", "--model.net_options", '{"pool_threshold": 10}',
-            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
-    with pytest.raises(ValueError, match=r"model.net_options: 'pool_threshold' .* valid keys: pool_thr"):
-        main(args)
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--model.net", "ASNet", "--model.net.pool_threshold", "10"], "pool_threshold"),
+        (["--model.backbone.wieghts", "null"], "wieghts"),
+        (["--model.masking", "fn"], "fn"),
+        (["--model.net", "vgg"], "vgg"),
+    ],
+)
+def test_unknown_model_options_are_errors_that_name_them(
+    args: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", DEMO, *args, "--print_config"])
+    assert exit_info.value.code != 0
+    assert named in capsys.readouterr().err
+
+
+def test_a_name_with_options_says_to_give_the_class(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", DEMO, "--model.backbone", "resnet50", "--model.backbone.weights", "null"])
+    assert (
+        "--model.backbone resnet50 is a registered name and takes no options (--model.backbone.weights): "
+        "give the class instead, --model.backbone ResNet --model.backbone.name resnet50 "
+        "--model.backbone.weights ..."
+    ) in capsys.readouterr().err
+
+
+def test_one_net_option_on_the_command_line_keeps_the_others(capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(REPO / "configs" / "coco_vat_hm.yaml")
+    model = _printed_model(capsys, "--config", config, "--model.net.gradient_checkpointing", "true")
+    assert (
+        model["net"]["init_args"]["benchmark"] == "coco"
+        and model["net"]["init_args"]["gradient_checkpointing"]
+    )
+
+
+def test_old_model_options_give_one_message_with_the_new_form(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = tmp_path / "old.yaml"
+    old.write_text(
+        "model:\n  net: vat\n  backbone: resnet18\n  weights: null\n  masking: hm\n"
+        "  net_options: {feature_size: 8}\n"
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", DEMO, "--config", str(old)])
+    assert exit_info.value.code != 0
+    message = capsys.readouterr().err
+    assert f"{old}: model.net_options and model.weights are options of fss before typed models" in message
+    snippet = yaml.safe_load(message[message.index("model:") :])["model"]
+    assert snippet["net"] == {"class_path": "fss.models.VAT", "init_args": {"feature_size": 8}}
+    assert snippet["backbone"] == RESNET18 and snippet["masking"] == "hm"
+    # the snippet is a valid config
+    printed = _printed_model(capsys, "--config", DEMO, "--model", yaml.safe_dump(snippet))
+    assert printed["net"]["init_args"]["feature_size"] == 8 and printed["backbone"] == RESNET18
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", DEMO, "--model.net_options.feature_size", "8", "--model.weights", "null"])
+    message = capsys.readouterr().err
+    assert "use --model.net.feature_size" in message and "use --model.backbone.weights" in message
 
 
 # -- the shipped VAT / ASNet configs ---------------------------------------------------------
@@ -208,14 +266,20 @@ def test_model_config_parses_with_reference_settings(
     assert not list(tmp_path.iterdir()), "--print_config wrote to disk"
     printed = yaml.safe_load(captured.out)
     model, data = printed["model"], printed["data"]["init_args"]
-    assert (model["net"], model["masking"]) == (net, masking)
+    assert model["net"]["class_path"] == f"fss.models.{MODELS[net].__name__}" and model["masking"] == masking
+    assert model["backbone"] == {
+        "class_path": "fss.backbones.ResNet",
+        "init_args": {"name": "resnet50", "weights": "imagenet"},
+    }
     optimizer, lr, decoder_lr, batch_size, img_size = REFERENCE[net, dataset]
     assert (model["optimizer"], model["lr"], model["decoder_lr"]) == (optimizer, lr, decoder_lr)
     assert (model["weight_decay"], model["scheduler"]) == (0.0, "none")
     assert (data["batch_size"], data["img_size"]) == (batch_size, img_size)
     if net == "vat":
-        assert model["net_options"] == {"benchmark": dataset}
+        assert model["net"]["init_args"]["benchmark"] == dataset
         assert printed["trainer"]["max_epochs"] == (400 if dataset == "coco" else 300)
+    if net == "asnet":  # the reference ASNet (attention-only masking) and ASNet-HM
+        assert masking in ("none", "hm")
     assert printed["trainer"]["default_root_dir"].startswith(f"runs/{dataset}_{net}_{masking}")
 
 
@@ -237,16 +301,28 @@ def test_print_config_shows_the_new_options(capsys: pytest.CaptureFixture[str]) 
     assert model["scheduler"] == "cosine" and model["decoder_lr"] == 1e-4 and model["optimizer"] == "adam"
 
 
-# -- fss fit --trainer.fast_dev_run 1 of every model and both masking families ---------------
+# -- fss fit --trainer.fast_dev_run 1 of every model on both backbone families ---------------
+#: a random ResNet-18 (FM) and a random 4-block DINOv2-architecture ViT with 14 px patches (HM: both
+#: backbone passes); every other masking x backbone pair runs in tests/models/test_every_model.py
+FAMILIES = {
+    "resnet": ["--model.backbone.name", "resnet18", "--model.masking", "fm"],
+    "vit": ["--model.backbone", "TimmBackbone", "--model.backbone.name", "vit_small_patch14_dinov2",
+            "--model.backbone.weights", "null", "--model.backbone.model_kwargs",
+            '{"depth": 4, "embed_dim": 48, "num_heads": 2}', "--model.masking", "hm"],
+}  # fmt: skip
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("masking", ["fm", "hm"])
-@pytest.mark.parametrize("net", ["hsnet", "asnet", "vat"])
-def test_fast_dev_run_of_every_model(net: str, masking: str, tmp_path: Path) -> None:
-    args = ["fit", "--config", DEMO, *TINY, "--model.net", net, "--model.masking", masking, *NET_ARGS[net],
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("net", sorted(MODELS))
+def test_fast_dev_run_of_every_model(net: str, family: str, tmp_path: Path) -> None:
+    net_args = NET_ARGS.get(net, ["--model.net", net])
+    args = ["fit", "--config", DEMO, *TINY, *net_args, *FAMILIES[family],
             "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
     cli = build_cli(args)  # what `fss fit ...` (fss.cli.main) runs
     assert type(cli.model.net) is MODELS[net]
-    assert cli.model.net.masking.name == masking
+    assert type(cli.model.net.backbone).__name__ == {"resnet": "ResNet", "vit": "TimmBackbone"}[family]
+    assert cli.model.net.masking.name == FAMILIES[family][-1]
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     assert {"train/loss", "val/loss", "val/miou"} <= set(cli.trainer.callback_metrics)
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
@@ -256,20 +332,3 @@ def test_fast_dev_run_of_every_model(net: str, masking: str, tmp_path: Path) -> 
         assert [g["lr"] for g in groups] == [pytest.approx(5e-4), pytest.approx(1e-4)]
     else:
         assert type(cli.trainer.optimizers[0]) is torch.optim.Adam and len(groups) == 1
-
-
-def test_one_net_option_on_the_command_line_keeps_the_others(capsys: pytest.CaptureFixture[str]) -> None:
-    config = str(REPO / "configs" / "coco_vat_hm.yaml")
-    with pytest.raises(SystemExit):
-        main(
-            [
-                "fit",
-                "--config",
-                config,
-                "--model.net_options.gradient_checkpointing",
-                "true",
-                "--print_config",
-            ]
-        )
-    model = yaml.safe_load(capsys.readouterr().out)["model"]
-    assert model["net_options"] == {"benchmark": "coco", "gradient_checkpointing": True}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
+from fss.backbones import ResNet
 from fss.cli import main
 from fss.data import UserDataError, UserPredictDataModule
 from fss.data.transforms import mask_to_bbox
@@ -64,7 +66,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A task checkpoint in Lightning's format (HSNet, random ResNet-18), saved without training."""
     pl.seed_everything(0)
     task = FewShotSegmentationTask(
-        net="hsnet", backbone="resnet18", weights=None, masking="hm", num_classes=48
+        net="hsnet", backbone=ResNet("resnet18", weights=None), masking="hm", num_classes=48
     )
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
     torch.save(
@@ -78,8 +80,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _predict(checkpoint: Path, out: Path, *data_args: str) -> None:
-    main(
+def _predict(checkpoint: Path, out: Path, *data_args: str) -> int | None:
+    return main(
         [
             "predict", "--config", PREDICT, "--ckpt_path", str(checkpoint),
             "--data.init_args.support_dir", "null", "--data.init_args.query_dir", "null",
@@ -170,15 +172,20 @@ def test_error_mask_size_differs_from_image(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_error_empty_mask_through_the_cli(files: Path, checkpoint: Path, tmp_path: Path) -> None:
+def test_error_empty_mask_through_the_cli(
+    files: Path, checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _save_image(tmp_path / "a.jpg", (40, 50), 0)
     Image.fromarray(np.zeros((40, 50), dtype=np.uint8)).save(tmp_path / "a.png")
-    with pytest.raises(UserDataError, match=r"a\.png is empty"):
-        _predict(
-            checkpoint, tmp_path,
-            "--data.init_args.support_dir", str(tmp_path),
-            "--data.init_args.query_dir", str(files / "queries"),
-        )  # fmt: skip
+    code = _predict(
+        checkpoint, tmp_path,
+        "--data.init_args.support_dir", str(tmp_path),
+        "--data.init_args.query_dir", str(files / "queries"),
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    # one message, no stack trace: the file, what is wrong, the fix
+    assert code == 1 and "Traceback" not in err, err
+    assert re.search(r"^fss predict: error: mask .*a\.png is empty.*Paint the object", err, re.M), err
 
 
 def test_error_unreadable_files(tmp_path: Path) -> None:

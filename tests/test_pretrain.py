@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fss import pretrain as pretrain_mod
+from fss.backbones import ResNet
 from fss.data.synthetic import SyntheticFSS, render_scene
-from fss.models.backbone import Backbone
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,9 +45,9 @@ def test_pretrain_renders_only_training_classes_and_saves_a_loadable_backbone(
     assert json.loads(out.with_suffix(".json").read_text()) == summary
     state = torch.load(out, weights_only=True)
     assert not any(k.startswith("fc.") for k in state)
-    backbone = Backbone("resnet18", weights=str(out))  # the model.weights path loads key for key
+    backbone = ResNet("resnet18", weights=str(out))  # the model.backbone.weights path loads key for key
     assert torch.equal(backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
-    random_backbone = Backbone("resnet18", weights=None)
+    random_backbone = ResNet("resnet18", weights=None)
     assert not torch.equal(random_backbone.layer1[0].bn1.running_mean, backbone.layer1[0].bn1.running_mean)
 
 

@@ -147,11 +147,15 @@ def test_resume_skips_finished_runs_and_restarts_interrupted_ones(
     assert fit_args[fit_args.index("--ckpt_path") + 1] == str(hm.last_ckpt)
     assert "--model.masking" in fit_args and fit_args[fit_args.index("--model.masking") + 1] == "hm"
     assert hm.fit_done and hm.test_done
-    # the resumed fit logs into fit-resume1/; the curve joins both directories
-    assert [d.name for d in hm.fit_dirs] == ["fit", "fit-resume1"]
-    assert hm.best_json == hm.root / "fit-resume1" / "best.json"
+    # the resumed fit continues in fit/: its metrics.csv keeps the finished epochs, once each
+    assert [d.name for d in hm.fit_dirs] == ["fit"]
+    assert hm.best_json == hm.root / "fit" / "best.json"
     assert json.loads(hm.best_json.read_text())["epochs_run"] == 2
     assert hm.curve() == epochs_before
+    # ... and in the same W&B run: in time order the offline runs are fit, test, resumed fit, test,
+    # and the resumed fit carries the first fit's run id
+    ids = [p.name.rsplit("-", 1)[-1] for p in sorted((hm.root / "wandb").glob("offline-run-*"))]
+    assert len(ids) == 4 and ids[2] == ids[0] and len(set(ids)) == 3
 
 
 def test_emit_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -195,10 +199,9 @@ def test_shipped_study_configs_give_valid_fit_commands(
         assert exit_info.value.code == 0, capsys.readouterr().err
         printed = yaml.safe_load(capsys.readouterr().out)
         for option, value in run.options.items():
-            section, key = option.split(".")
-            assert printed[section][key] == value
+            assert _printed_value(printed, option) == value, option
     if name == "study_demo.yaml":
-        assert {r.options["model.weights"] for r in study.runs()} == {
+        assert {r.options["model.backbone.weights"] for r in study.runs()} == {
             None,
             "runs/pretrain_synthetic/resnet18_fold0.pth",
         }
@@ -370,3 +373,13 @@ def test_slurm_time_in_minutes() -> None:
     assert SlurmOptions(time="45:00").minutes() == 45
     assert SlurmOptions(time="00:00:01").minutes() == 1
     assert SlurmOptions(time=90).minutes() == 90
+
+
+def _printed_value(printed: dict, option: str):
+    """The value of dotted ``option`` in a printed config; ``init_args`` may be left out, as on the command line."""
+    node = printed
+    for key in option.split("."):
+        if key not in node and "init_args" in node:
+            node = node["init_args"]
+        node = node[key]
+    return node

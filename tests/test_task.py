@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from fss.backbones import ResNet
 from fss.data.episode import collate_episodes
 from fss.models import MODELS, FewShotSegmenter
 from fss.task import FewShotSegmentationTask, masked_cross_entropy
@@ -16,11 +19,15 @@ from fss.task import FewShotSegmentationTask, masked_cross_entropy
 SIZE = 64
 
 
+#: a random ResNet-18 in the config form (how a checkpoint records it)
+RESNET18 = {"class_path": "fss.backbones.ResNet", "init_args": {"name": "resnet18", "weights": None}}
+
+
 class TinySegmenter(FewShotSegmenter):
     """A 1x1 conv on the cosine similarity between the query and the masked-support prototype."""
 
     learner_name = "head"
-    first_layer = 4
+    num_levels = 1
 
     def __init__(
         self, backbone: str = "resnet18", masking: str = "fm", weights: str | None = None, bias: bool = True
@@ -42,7 +49,7 @@ def _register_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def make_task(**kwargs) -> FewShotSegmentationTask:
-    options = {"net": "tiny", "backbone": "resnet18", "weights": None, "masking": "fm", "num_classes": 5}
+    options = {"net": "tiny", "backbone": RESNET18, "masking": "fm", "num_classes": 5}
     return FewShotSegmentationTask(**(options | kwargs))
 
 
@@ -162,13 +169,26 @@ def test_original_size_masks_are_scored_at_their_size(tmp_path) -> None:
 
 
 def test_unknown_model_names_the_option() -> None:
-    with pytest.raises(ValueError, match="model.net"):
-        FewShotSegmentationTask(net="nope", weights=None)
+    with pytest.raises(ValueError, match="model.net") as err:
+        FewShotSegmentationTask(net="nope", backbone=RESNET18)
+    assert all(name in str(err.value) for name in MODELS)
 
 
-def test_net_options_and_pretrained_checkpoint(tmp_path) -> None:
-    assert make_task(net_options={"bias": False}).net.head.bias is None
+def test_hyperparameters_describe_what_was_built_and_rebuild_it(tmp_path) -> None:
+    """Objects given in Python are recorded in the config form, from which the task is built again."""
+    task = make_task(
+        net=functools.partial(TinySegmenter, bias=False), backbone=ResNet("resnet18", weights=None)
+    )
+    assert task.net.head.bias is None
+    hparams = dict(task.hparams)
+    assert hparams["net"] == {"class_path": "tests.test_task.TinySegmenter", "init_args": {"bias": False}}
+    assert hparams["backbone"] == RESNET18 and hparams["masking"] == "fm"
+    rebuilt = FewShotSegmentationTask(**hparams)
+    assert type(rebuilt.net) is TinySegmenter and rebuilt.net.head.bias is None
+    assert rebuilt.net.backbone.name == "resnet18"
 
+
+def test_pretrained_checkpoint(tmp_path) -> None:
     source = make_task()
     reference = {f"module.{k}": v for k, v in source.net.state_dict().items()}  # DataParallel-style keys
     torch.save(reference, tmp_path / "reference.pt")

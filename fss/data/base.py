@@ -439,10 +439,16 @@ class EpisodicDataModule(pl.LightningDataModule):
         self._check_trainer()
         dataset = self.datasets[split]
         train = split == "train"
+        sampler = EpisodeSampler(len(dataset), shuffle=train, seed=self.seed)
+        trainer = getattr(self, "trainer", None)
+        if train and trainer is not None:
+            # a resumed fit builds this loader (and its workers fetch their first episodes) before
+            # Lightning calls set_epoch: start at the epoch the trainer resumes at
+            sampler.set_epoch(trainer.current_epoch)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=EpisodeSampler(len(dataset), shuffle=train, seed=self.seed),
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_episodes,
             pin_memory=torch.cuda.is_available(),

@@ -1,8 +1,11 @@
 """``fss data check --config X.yaml``: verify a dataset root before a long run.
 
 :func:`check_datamodule` builds the episode index of every fold and split of a data module, reports
-per-fold class, image and episode counts, then opens every image and mask file the episodes may read
-(header check) and raises :class:`DatasetCheckError` naming the first missing or unreadable one.
+per-fold class, image and episode counts, then decodes every image and mask file the episodes may
+read and compares each mask's size with its image's (and, for folder datasets, that each mask has
+object pixels), and raises :class:`DatasetCheckError` listing every problem with its file and the
+count. With ``--fix-lists`` the broken files are left out of the episodes from then on instead
+(recorded in the dataset's cache, ``excluded_files.txt``), so a run no longer stops on them.
 :func:`main` is the command line (``fss data check``), registered in ``fss/cli.py``'s
 ``EXTRA_COMMANDS``.
 """
@@ -12,20 +15,30 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
 from fss.data.base import EpisodicDataModule, EpisodicDataset
-from fss.data.common import ImageEpisodeDataset, verify_file
+from fss.data.common import ImageEpisodeDataset, exclude_files, image_size, read_label, verify_file
+from fss.data.fss1000 import FSS1000Dataset
+from fss.data.masks import MaskError, mask_foreground
 
 log = logging.getLogger(__name__)
 
 
+#: the fix the report proposes for broken files
+FIX_LISTS_HINT = (
+    "Replace the broken files, or leave them out of the episodes: the same command with --fix-lists"
+)
+
+
 class DatasetCheckError(RuntimeError):
-    """The dataset cannot serve its episodes; the message holds the report and the first problem."""
+    """The dataset cannot serve its episodes; the message holds the report and every problem found."""
 
 
 def _splits_to_check(dm: EpisodicDataModule) -> list[tuple[int, tuple[str, ...]]]:
@@ -55,28 +68,76 @@ def _describe(dataset: EpisodicDataset) -> str:
     return f"{len(dataset.class_ids)} classes, {len(dataset)} episodes"
 
 
-def check_datamodule(dm: EpisodicDataModule, verify_files: bool = True, max_files: int | None = None) -> str:
+def _item_problems(dataset: ImageEpisodeDataset, item: object, decoded: dict[Path, str | None]) -> list[str]:
+    """Problems of one item: a missing or undecodable file, a mask whose size differs from its image,
+    and (folder datasets, whose masks may follow any convention) a mask without object pixels."""
+    files = dataset.item_files(item)
+    problems = [decoded[f] for f in files if decoded.get(f)]
+    if problems or len(files) < 2:
+        return problems
+    image, masks = files[0], files[1:]
+    size = image_size(image)
+    for mask in masks:
+        mask_size = image_size(mask)
+        if size is not None and mask_size is not None and mask_size != size:
+            problems.append(
+                f"mask {mask} is {mask_size[0]}x{mask_size[1]} but its image {image} is {size[0]}x{size[1]} "
+                "(it would be resized to fit: export the mask at the image's size)"
+            )
+    if isinstance(dataset, FSS1000Dataset):
+        for mask in masks:
+            try:
+                mask_foreground(read_label(mask, grey=True), False, mask)
+            except (MaskError, OSError) as err:
+                problems.append(str(err))
+    return problems
+
+
+def _decode_all(paths: list[Path], workers: int) -> dict[Path, str | None]:
+    """``{path: None or the reason it cannot be decoded}``, decoding in ``workers`` threads."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return dict(zip(paths, pool.map(verify_file, paths)))
+
+
+def check_datamodule(
+    dm: EpisodicDataModule,
+    verify_files: bool = True,
+    max_files: int | None = None,
+    fix_lists: bool = False,
+    workers: int | None = None,
+) -> str:
     """Check that ``dm`` can build every fold's episodes and read their files; return the report.
 
     Args:
         dm: a data module (PASCAL, COCO, FSS-1000 or any :class:`EpisodicDataModule`).
-        verify_files: open every image and mask the episodes may read (header check).
+        verify_files: decode every image and mask the episodes may read, and compare each mask's size
+            with its image's.
         max_files: stop verifying after this many files (``None``: all).
+        fix_lists: leave the items with a broken file out of the dataset's episodes from now on (the
+            files are added to ``<cache>/excluded_files.txt``, see :func:`fss.data.common.exclude_files`)
+            instead of failing.
+        workers: decoding threads (default: the CPU count, at most 8).
 
     Returns:
-        The report: one line per fold and split with class, image and episode counts.
+        The report: one line per fold and split with class, image and episode counts, the files
+        verified, and with ``fix_lists`` the files left out.
 
     Raises:
-        DatasetCheckError: the report (every fold, failed splits marked) plus the first problem: a
-            wrong layout, a list error, a split without usable classes, or else the first missing
-            or unreadable file.
+        DatasetCheckError: the report (every fold, failed splits marked), the number of problems
+            and one ``PROBLEM:`` line per problem (a wrong layout, a list error, a split without
+            usable classes, a missing or undecodable file, a mask of the wrong size or without object).
     """
     lines = [f"{type(dm).__name__} (shot={dm.shot}): {dm.num_classes} classes"]
     datasets: list[EpisodicDataset] = []
     problems: list[str] = []
 
-    def fail(problem: str) -> DatasetCheckError:
-        return DatasetCheckError("\n".join([*lines, f"PROBLEM: {problem}"]))
+    def fail() -> DatasetCheckError:
+        return DatasetCheckError(
+            "\n".join(
+                [*lines, f"{len(problems)} problem(s):", *(f"PROBLEM: {p}" for p in problems)]
+                + ([FIX_LISTS_HINT] if any("file" in p or "mask" in p for p in problems) else [])
+            )
+        )
 
     for fold, splits in _splits_to_check(dm):
         parts = []
@@ -91,36 +152,56 @@ def check_datamodule(dm: EpisodicDataModule, verify_files: bool = True, max_file
             parts.append(f"{split}: {_describe(dataset)}")
         lines.append(f"fold {fold}: " + "; ".join(parts))
     if problems:
-        raise fail(problems[0])
+        raise fail()
 
-    seen: set[Path] = set()
-    checked = 0
+    items: dict[tuple[int, object], ImageEpisodeDataset] = {}  # each (dataset root, item) once
     for dataset in datasets:
         if not isinstance(dataset, ImageEpisodeDataset):
             try:
                 dataset.episode(0)
-            except Exception as err:  # noqa: BLE001 - reported, then re-raised as a check error
-                raise fail(f"{type(dataset).__name__}: episode 0 failed: {err}") from err
+            except Exception as err:  # noqa: BLE001 - reported as a check problem
+                problems.append(f"{type(dataset).__name__}: episode 0 failed: {err}")
             continue
-        if not verify_files:
-            continue
-        for path in dataset.files():
-            if path in seen:
-                continue
-            if max_files is not None and checked >= max_files:
-                break
-            seen.add(path)
-            problem = verify_file(path)
-            if problem is not None:
-                raise fail(problem)
-            checked += 1
-    if verify_files:
-        limit = (
-            f" (stopped at data.max_files={max_files})"
-            if max_files is not None and checked >= max_files
-            else ""
-        )
-        lines.append(f"files: {checked} images and masks readable{limit}")
+        if verify_files:
+            for item in dataset.items():
+                items.setdefault((id(dataset.data_root), item), dataset)
+    if problems:
+        raise fail()
+    if not verify_files:
+        lines.append("OK")
+        return "\n".join(lines)
+
+    selected = list(items.items())
+    files: list[Path] = list(dict.fromkeys(f for (_, item), ds in selected for f in ds.item_files(item)))
+    limited = max_files is not None and len(files) > max_files
+    if limited:
+        files = files[:max_files]
+        allowed = set(files)
+        selected = [(key, ds) for key, ds in selected if all(f in allowed for f in ds.item_files(key[1]))]
+    decoded = _decode_all(files, workers or min(8, os.cpu_count() or 1))
+    broken: dict[Path, list[Path]] = {}  # dataset root -> files to leave out
+    seen: set[str] = set()
+    for (_, item), dataset in selected:
+        for problem in _item_problems(dataset, item, decoded):
+            if problem not in seen:
+                seen.add(problem)
+                problems.append(problem)
+            bad = [f for f in dataset.item_files(item) if decoded.get(f)] or dataset.item_files(item)[1:2]
+            broken.setdefault(dataset.data_root, []).extend(bad or dataset.item_files(item)[:1])
+    limit = f" (stopped at --max-files {max_files})" if limited else ""
+    lines.append(f"files: {len(files)} images and masks decoded{limit}")
+    if problems and fix_lists:
+        for root, bad in broken.items():
+            listed = exclude_files(root, sorted(set(bad)))
+            lines.append(
+                f"left out {len(set(bad))} file(s) with a problem: listed in {listed}; the next run builds its "
+                "episodes without them (delete that file to take them back)"
+            )
+        lines += [f"fixed: {p}" for p in problems]
+        lines.append("OK (after leaving the broken files out)")
+        return "\n".join(lines)
+    if problems:
+        raise fail()
     lines.append("OK")
     return "\n".join(lines)
 
@@ -142,7 +223,7 @@ def load_datamodule(config: str | Path, overrides: Sequence[str] = ()) -> Episod
     section = (yaml.safe_load(path.read_text()) or {}).get("data")
     if section is None:
         raise ValueError(f"{path} has no 'data' section")
-    parser = ArgumentParser(prog="fss data check", exit_on_error=False)
+    parser = ArgumentParser(prog="fss data check", exit_on_error=False, allow_abbrev=False)
     parser.add_subclass_arguments(LightningDataModule, "data", required=True)
     cfg = parser.parse_args(["--data", yaml.safe_dump(section), *overrides])
     instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in 4.49
@@ -153,22 +234,36 @@ def load_datamodule(config: str | Path, overrides: Sequence[str] = ()) -> Episod
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``fss data check --config X.yaml [--data.root PATH ...] [--no-verify] [--max-files N]``."""
+    """``fss data check --config X.yaml [--data.root PATH ...] [--no-verify] [--max-files N] [--fix-lists]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="fss data",
         description="Dataset tools. check: build every fold's episode index of the config's data module, "
-        "print class/image counts and verify that every image and mask can be read.",
+        "print class/image counts, decode every image and mask and compare their sizes; report every "
+        "problem with its file.",
+        allow_abbrev=False,
     )
     parser.add_argument("command", choices=["check"])
     parser.add_argument("--config", required=True, help="a fss YAML config with a data section")
     parser.add_argument("--no-verify", action="store_true", help="only build the indexes, do not open files")
     parser.add_argument("--max-files", type=int, default=None, help="verify at most this many files")
+    parser.add_argument(
+        "--fix-lists",
+        action="store_true",
+        help="leave the items with a broken file out of the episodes from now on (instead of failing)",
+    )
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPUs, max 8)")
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         dm = load_datamodule(args.config, overrides)
-        report = check_datamodule(dm, verify_files=not args.no_verify, max_files=args.max_files)
+        report = check_datamodule(
+            dm,
+            verify_files=not args.no_verify,
+            max_files=args.max_files,
+            fix_lists=args.fix_lists,
+            workers=args.workers,
+        )
     except DatasetCheckError as err:
         print(err, file=sys.stderr)
         return 1

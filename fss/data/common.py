@@ -4,7 +4,8 @@
   raises, each naming the path, the expected layout and the fix.
 * :func:`read_image` / :func:`read_label`: decode one file, naming it when it cannot be read.
 * :func:`cache_dir`: where generated episode lists are cached (``<root>/.fss_cache``, or a user cache
-  directory when the root is read-only).
+  directory when the root is read-only); :func:`excluded_files` / :func:`exclude_files`: the broken
+  files ``fss data check --fix-lists`` recorded there, which every dataset leaves out.
 * :class:`Augmenter`: optional albumentations augmentation of training images and their target maps,
   seeded from the episode generator (so augmented episodes stay a pure function of their key).
 * :class:`ImageEpisodeDataset`: an :class:`~fss.data.base.EpisodicDataset` whose classes map to lists
@@ -37,6 +38,14 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
 
+#: what to do about a broken dataset file (said by every error that names one)
+FIX_HINT = (
+    " (re-extract or replace the file, or leave it out: fss data check --config YOUR_CONFIG --fix-lists)"
+)
+#: the list of left-out files in a dataset's cache directory, one path relative to the root per line
+EXCLUDED_FILES = "excluded_files.txt"
+
+
 class DatasetLayoutError(FileNotFoundError):
     """The dataset root is missing or does not have the expected layout."""
 
@@ -61,7 +70,7 @@ def read_image(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise DatasetFileError(f"image file missing: {path}") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise DatasetFileError(f"cannot read image {path}: {err} (re-extract or delete the file)") from err
+        raise DatasetFileError(f"cannot read image {path}: {err}{FIX_HINT}") from err
 
 
 def read_label(path: Path, grey: bool = False) -> np.ndarray:
@@ -79,22 +88,34 @@ def read_label(path: Path, grey: bool = False) -> np.ndarray:
     except FileNotFoundError:
         raise DatasetFileError(f"mask file missing: {path}") from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise DatasetFileError(f"cannot read mask {path}: {err} (re-extract or delete the file)") from err
+        raise DatasetFileError(f"cannot read mask {path}: {err}{FIX_HINT}") from err
     if label.ndim != 2:
         raise DatasetFileError(f"mask {path} is not a single-channel label map (shape {label.shape})")
     return label
 
 
 def verify_file(path: Path) -> str | None:
-    """``None`` when ``path`` exists and its image header is valid, else the reason (for the check)."""
+    """``None`` when ``path`` exists and decodes completely, else the reason (for the check).
+
+    The whole image is decoded (a truncated JPEG has a valid header; only decoding finds it).
+    """
     if not path.is_file():
         return f"missing file {path}"
     try:
         with Image.open(path) as img:
-            img.verify()
+            img.load()
     except (OSError, SyntaxError, ValueError) as err:
         return f"unreadable file {path}: {err}"
     return None
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the header of an image file, ``None`` when it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, SyntaxError, ValueError):
+        return None
 
 
 def cache_dir(root: Path) -> Path:
@@ -115,6 +136,29 @@ def cache_dir(root: Path) -> Path:
         user = base / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
         user.mkdir(parents=True, exist_ok=True)
         return user
+
+
+def excluded_files(root: Path) -> set[str]:
+    """The files (relative to ``root``) ``fss data check --fix-lists`` left out of ``root``'s episodes."""
+    path = cache_dir(root) / EXCLUDED_FILES
+    return set(read_lines(path)) if path.is_file() else set()
+
+
+def exclude_files(root: Path, files: Sequence[Path]) -> Path:
+    """Add ``files`` (under ``root``) to ``root``'s list of left-out files; return the list's path."""
+    path = cache_dir(root) / EXCLUDED_FILES
+    entries = excluded_files(root) | {_relative(f, root) for f in files}
+    write_lines(path, sorted(entries))
+    return path
+
+
+def _relative(path: Path, root: Path) -> str:
+    for p, r in ((path, root), (path.resolve(), root.resolve())):
+        try:
+            return p.relative_to(r).as_posix()
+        except ValueError:
+            continue
+    return path.resolve().as_posix()
 
 
 def write_lines(path: Path, lines: Sequence[str]) -> None:
@@ -292,8 +336,29 @@ class ImageEpisodeDataset(EpisodicDataset):
         """The files ``item`` is read from (image first), for ``fss data check``."""
 
     # ------------------------------------------------------------------ shared logic
+    @property
+    def data_root(self) -> Path:
+        """The dataset's root folder (its cache holds the left-out files): ``voc``, ``base`` or ``root``."""
+        for name in ("voc", "base", "root"):
+            value = getattr(self, name, None)
+            if isinstance(value, Path):
+                return value
+        raise AttributeError(f"{type(self).__name__} has no root folder attribute (voc, base or root)")
+
     def finalize_classes(self) -> None:
-        """Keep the classes of this split with at least ``shot + 1`` items (warn about the others)."""
+        """Keep the classes of this split with at least ``shot + 1`` items (warn about the others).
+
+        Items with a file in the root's left-out list (``fss data check --fix-lists``) are dropped first.
+        """
+        excluded = excluded_files(self.data_root)
+        if excluded:
+            root = self.data_root
+            for c, items in self.class_items.items():
+                self.class_items[c] = [
+                    item
+                    for item in items
+                    if not any(_relative(f, root) in excluded for f in self.item_files(item))
+                ]
         self.usable_class_ids = usable_classes(
             self.class_items, self.class_ids, self.shot, f"{self.display_name} {self.split}", self.class_names
         )

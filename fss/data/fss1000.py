@@ -46,6 +46,7 @@ from fss.data.common import (
     read_label,
     read_lines,
 )
+from fss.data.masks import mask_foreground
 
 log = logging.getLogger(__name__)
 
@@ -247,12 +248,13 @@ class FSS1000Dataset(ImageEpisodeDataset):
         return read_image(self.root / item[0] / item[1])
 
     def load_target(self, item: ImageItem, class_id: int, query: bool) -> np.ndarray:
-        label = read_label(self.root / item[0] / item[2], grey=True)
+        path = self.root / item[0] / item[2]
+        label = read_label(path, grey=True)
         if self.class_names[class_id] != item[0]:  # an image shows its folder's class only (FS-CS asks)
             return np.zeros(label.shape, dtype=np.uint8)
-        if label.max() <= 1:
-            return label.astype(np.uint8)
-        return (label >= 128).astype(np.uint8)
+        # by meaning (fss.data.masks): 0/1, 0/255 and anti-aliased masks as the reference reads them
+        # (>= 128), class-index masks (e.g. {0, 15}) by their class instead of as empty
+        return mask_foreground(label, False, path, allow_empty=True).astype(np.uint8)
 
     def item_name(self, item: ImageItem) -> str:
         return f"{item[0]}/{Path(item[1]).stem}"

@@ -212,8 +212,8 @@ class Pascal5iDataset(ImageEpisodeDataset):
         for name, c in dict.fromkeys(pairs):
             self.class_items.setdefault(c, []).append(name)
         self.finalize_classes()
-        usable = set(self.usable_class_ids)
-        self.pairs: list[tuple[str, int]] = [p for p in pairs if p[1] in usable]
+        kept = {(name, c) for c in self.usable_class_ids for name in self.class_items[c]}
+        self.pairs: list[tuple[str, int]] = [p for p in pairs if p in kept]
 
     def split_class_ids(self, split: str, fold: int) -> list[int]:  # type: ignore[override]
         return pascal_class_ids(split, fold, self.class_split)

@@ -15,10 +15,14 @@ original size (uint8, only its shape is read). That placeholder makes the task's
 return each mask at the original size, the resize being applied to the logits before the argmax
 (the references' ``use_original_imgsize`` rule), never to a binary mask.
 
-Mask files: a pixel is foreground when it is non-zero in a 0/1 mask, at least 128 in a 0/255 (or
-grey, anti-aliased) mask, and for palette PNGs when its index is neither 0 nor 255 (the VOC
-convention for background and "ignore"). Images and masks are read with their EXIF orientation
+Mask files are read by meaning (:mod:`fss.data.masks`): binary 0/255 or 0/1 masks, anti-aliased
+white-on-black masks, and greyscale or palette class-index masks (VOC style: 255 is "void", never
+the object; ``support_class`` picks the object's class when a mask holds several). An empty or
+ambiguous mask is an error naming the file. Images and masks are read with their EXIF orientation
 applied.
+
+Under DDP (``--trainer.devices N``) the queries are split over the processes: each predicts and
+writes its own share, every query exactly once.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from fss.data.base import SupportLabel, check_support_label
 from fss.data.episode import Episode, collate_episodes
+from fss.data.masks import MaskError, read_mask
+from fss.data.sampling import EpisodeSampler
 from fss.data.transforms import image_tensor, mask_to_bbox, support_mask_tensor
 
 #: suffixes of the image files found in ``support_dir`` / ``query_dir`` (lower case)
@@ -65,14 +71,18 @@ def read_user_image(path: str | Path) -> np.ndarray:
     return np.array(_open(Path(path), "image").convert("RGB"))  # a writable copy
 
 
-def read_user_mask(path: str | Path) -> np.ndarray:
-    """A binary mask file as bool [H, W] (see the module docstring for what counts as foreground)."""
-    img = _open(Path(path), "mask")
-    if img.mode == "P":
-        index = np.asarray(img)
-        return (index != 0) & (index != 255)
-    grey = np.asarray(img.convert("L"))
-    return grey > 0 if grey.max(initial=0) <= 1 else grey >= 128
+def read_user_mask(path: str | Path, class_value: int | None = None) -> np.ndarray:
+    """A mask file as bool [H, W] of object pixels (see :mod:`fss.data.masks`).
+
+    Raises:
+        UserDataError: the file is missing or unreadable, the mask is empty, or ``class_value`` is
+            not in it.
+    """
+    _open(Path(path), "mask")  # missing / unreadable: the same message as for images
+    try:
+        return read_mask(path, class_value)
+    except MaskError as err:
+        raise UserDataError(str(err)) from None
 
 
 def _image_files(folder: Path, what: str) -> list[Path]:
@@ -185,6 +195,9 @@ class UserPredictDataModule(pl.LightningDataModule):
         batch_size: queries per batch (the supports are shared).
         num_workers: dataloader worker processes.
         support_label: ``mask``, or ``bbox`` to give the model each mask's filled bounding box.
+        support_class: the label value of the object in class-index support masks (e.g. 15 for a
+            VOC person mask); ``None``: the only class in each mask (all of them, with a warning,
+            when a mask holds several).
 
     Errors (:class:`UserDataError`, one message naming the file and the fix): no supports or no
     queries, a missing or unreadable file, a mask whose size differs from its image, an empty mask.
@@ -204,10 +217,15 @@ class UserPredictDataModule(pl.LightningDataModule):
         batch_size: int = 1,
         num_workers: int = 0,
         support_label: SupportLabel = "mask",
+        support_class: int | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
         check_support_label(support_label, f"{name} (data.support_label)")
+        if support_class is not None and support_class < 1:
+            raise ValueError(
+                f"{name}: data.support_class must be a class value >= 1 (or null), got {support_class}"
+            )
         if img_size < 8:
             raise ValueError(f"{name}: data.img_size must be at least 8, got {img_size}")
         if batch_size < 1 or num_workers < 0:
@@ -245,6 +263,7 @@ class UserPredictDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.support_label = support_label
+        self.support_class = support_class
         self.dataset: UserEpisodes | None = None
 
     @property
@@ -256,17 +275,12 @@ class UserPredictDataModule(pl.LightningDataModule):
         """The support set as the model sees it: images [K, 3, S, S] and masks [K, S, S] (float 0/1)."""
         imgs, masks = [], []
         for img_path, mask_path in zip(self.support_image_paths, self.support_mask_paths):
-            img, mask = read_user_image(img_path), read_user_mask(mask_path)
+            img, mask = read_user_image(img_path), read_user_mask(mask_path, self.support_class)
             if mask.shape != img.shape[:2]:
                 (h, w), (mh, mw) = img.shape[:2], mask.shape
                 raise UserDataError(
                     f"support mask {mask_path} is {mw}x{mh} but its image {img_path} is {w}x{h}: the mask must "
                     "have its image's size (export it again at full size, or resize it with nearest-neighbour)"
-                )
-            if not mask.any():
-                raise UserDataError(
-                    f"support mask {mask_path} is empty (no foreground pixel): paint the object in white "
-                    "(non-zero) on black, or remove this support"
                 )
             imgs.append(image_tensor(img, self.img_size))
             masks.append(support_mask_tensor(torch.from_numpy(mask.astype(np.int64)), self.img_size))
@@ -285,10 +299,12 @@ class UserPredictDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         self.setup("predict")
+        assert self.dataset is not None
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,
-            shuffle=False,
+            # each process its share of the queries (in order, every query once, no padding)
+            sampler=EpisodeSampler(len(self.dataset), shuffle=False),
             num_workers=self.num_workers,
             collate_fn=collate_episodes,
         )

@@ -1,10 +1,10 @@
 """ASNet: Attentive Squeeze Network (Kang & Cho, CVPR 2022, few-shot segmentation variant).
 
-Multi-layer cosine correlations of the query and support features are grouped by ResNet stage
-into three hypercorrelations [N, n_l, ha, wa, hb, wb]. Stacks of attentive squeeze layers
-(``fss.models.aslayer``) shrink their support dimensions with attention whose keys are limited
-to the support mask; the stages are mixed from the deepest down, and a 2D decoder turns the
-result into 2-class logits at twice the conv3_x resolution.
+Multi-layer cosine correlations of the query and support features are grouped by backbone level (a
+ResNet's stages conv3_x..conv5_x) into three hypercorrelations [N, n_l, ha, wa, hb, wb]. Stacks of
+attentive squeeze layers (``fss.models.aslayer``) shrink their support dimensions with attention
+whose keys are limited to the support mask; the levels are mixed from the deepest down, and a 2D
+decoder turns the result into 2-class logits at twice the resolution of the shallowest level.
 
 Module and parameter names follow the reference implementation so that its checkpoints load with
 :meth:`~fss.models.base.FewShotSegmenter.load_reference_state_dict` (learner prefix ``learner.``).
@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fss.backbones import FeatureBackbone
 from fss.masking import SupportMasking
 from fss.models.aslayer import AttentiveSqueezeLayer
 from fss.models.base import FewShotSegmenter
@@ -84,10 +85,10 @@ class SqueezeBlock(nn.ModuleList):
 
 
 class AttentionLearner(nn.Module):
-    """Squeeze each stage's hypercorrelation, mix stages 4 -> 3 -> 2, decode to logits.
+    """Squeeze each level's hypercorrelation, mix them from the deepest down, decode to logits.
 
     Args:
-        inch: number of correlation levels of stage 4, 3 and 2 (ResNet-50: 3, 6, 4).
+        inch: number of correlated maps of the deepest, middle and shallowest level (ResNet-50: 3, 6, 4).
     """
 
     def __init__(self, inch: list[int]) -> None:
@@ -105,7 +106,7 @@ class AttentionLearner(nn.Module):
         )
 
     def forward(self, hypercorr: list[Tensor], support_mask: Tensor) -> Tensor:
-        """Hypercorrelations of stages 4, 3, 2 [N, n_l, ha_l, wa_l, hb_l, wb_l], mask [N, H, W].
+        """Hypercorrelations [N, n_l, ha_l, wa_l, hb_l, wb_l], deepest level first, mask [N, H, W].
 
         Returns:
             logits [N, 2, 2 * ha_2, 2 * wa_2].
@@ -125,21 +126,6 @@ class AttentionLearner(nn.Module):
         return self.decoder2(decoded)
 
 
-class ASNetFeatureMasking(SupportMasking):
-    """ASNet's ``fm``: the support features stay as they are; the mask acts in the attention.
-
-    The reference ASNet never multiplies its support features by the mask: the mask enters only
-    through the attentive squeeze layers, whose keys outside it are masked out. That is ASNet's
-    own form of masking the support features, and its published numbers (the baseline the HM
-    paper compares with) are those of this model, so ``masking="fm"`` means it for ASNet.
-    """
-
-    name = "fm"
-
-    def __call__(self, feats: list[Tensor] | None, masked: list[Tensor] | None, mask: Tensor) -> list[Tensor]:
-        return list(feats)
-
-
 class ASNet(FewShotSegmenter):
     """ASNet with pluggable support masking.
 
@@ -148,10 +134,11 @@ class ASNet(FewShotSegmenter):
     again inside every attentive squeeze layer (attention keys outside it get a -1e9 logit),
     whatever the masking strategy.
 
-    Masking: ``fm`` is the original ASNet, which does *not* multiply the support features by the
-    mask (its mask acts in the attention only; see :class:`ASNetFeatureMasking`). ``hm``,
-    ``hm_add``, ``hm_reverse`` and ``im`` are the HM paper's strategies applied to the pooled
-    support features (as the HM reference does), with the attention masking kept.
+    Masking: the reference ASNet never multiplies its support features by the mask (its mask
+    acts in the attention only): that is ``masking="none"``, the HM paper's ASNet "FM" baseline.
+    Every other strategy (``fm`` multiplies, as in every model; ``im``, ``hm``: ASNet-HM as the HM
+    reference, ``hm_add``, ``hm_reverse``) is applied to the pooled support features, with the
+    attention masking kept.
 
     Support size: the reference learner only runs for support images of 393 to 512 px (it is
     trained at 400 and 473), where the squeezed stage-3 and stage-2 support dims are exactly
@@ -161,9 +148,11 @@ class ASNet(FewShotSegmenter):
     (2 h, 2 w) where the reference writes (2 w, 2 w): the same for the square inputs it uses.
 
     Args:
-        backbone: ``resnet50`` | ``resnet101`` (published) or ``resnet18`` | ``resnet34`` (small runs).
-        masking: ``fm`` (the original ASNet), ``im``, ``hm`` (ASNet-HM), ``hm_add``, ``hm_reverse``.
-        weights: backbone weights (``"imagenet"``, a torchvision state_dict path, or ``None``).
+        backbone: a ``FeatureBackbone`` or a name (published: ``resnet50``, ``resnet101``); its deepest
+            3 levels are correlated.
+        masking: a strategy or a name of ``fss.masking.MASKINGS`` (``none``: the original ASNet;
+            ``hm``: ASNet-HM).
+        weights: weights of a backbone given by name (``pretrained``, a file, or None).
         pool_thr: support feature maps at least this wide are pooled (the reference's 50).
 
     Example:
@@ -172,19 +161,19 @@ class ASNet(FewShotSegmenter):
     """
 
     learner_name = "learner"
-    masking_overrides = {"fm": ASNetFeatureMasking}
-    first_layer = 2
+    num_levels = 3
 
     def __init__(
         self,
-        backbone: str = "resnet50",
-        masking: str | SupportMasking = "hm",
-        weights: str | None = "imagenet",
+        backbone: FeatureBackbone | str = "resnet50",
+        masking: SupportMasking | str = "hm",
+        weights: str | None = "pretrained",
         pool_thr: int = POOL_THR,
     ) -> None:
         super().__init__(backbone=backbone, masking=masking, weights=weights)
         self.pool_thr = pool_thr
-        self.learner = AttentionLearner([self.backbone.feat_layers.count(stage) for stage in (4, 3, 2)])
+        layers = self.backbone.feat_layers
+        self.learner = AttentionLearner([layers.count(level) for level in reversed(self.levels)])
 
     def prepare_support_feats(self, feats: list[Tensor]) -> list[Tensor]:
         """Average-pool support features [N, C, h, w] with ``w >= pool_thr`` (before masking)."""

@@ -1,14 +1,21 @@
 """The shared skeleton of every few-shot segmenter: frozen backbone -> support masking -> learner.
 
-A model (HSNet, ASNet, VAT) subclasses :class:`FewShotSegmenter` and implements only
-:meth:`FewShotSegmenter.predict_logits` (and, where the reference prepares support features
-differently, :meth:`FewShotSegmenter.prepare_support_feats`). Everything else lives here once:
+A model subclasses :class:`FewShotSegmenter`, says how many backbone levels it reads
+(``num_levels``), and implements one of two hooks:
 
-* one batched backbone call for the query, the plain supports and the input-masked supports
-  (only the passes the masking strategy needs); the query's features are computed once for
-  all K shots;
-* the masking strategy (``fss.masking``);
-* upsampling the logits to the image size, k-shot aggregation, reference checkpoint import.
+* :meth:`FewShotSegmenter.predict_logits` (per-shot models: HSNet, ASNet, VAT): one query/support
+  pair -> logits. The base class runs it for every shot, and the K per-shot logit maps are combined
+  by the k-shot rule (the references' vote, or the mean);
+* :meth:`FewShotSegmenter.fuse_shots` (models that combine their K supports themselves, e.g. by
+  averaging prototypes, or with a learned module; ``fuses_shots = True``): all K supports of an
+  episode -> one logit map.
+
+Optionally :meth:`FewShotSegmenter.prepare_support_feats` transforms support features before
+masking. Everything else lives here once: one batched backbone call for the query, the plain
+supports and the input-masked supports (only the passes the masking strategy needs; the query's
+features computed once for all K shots), the masking strategy (``fss.masking``), upsampling the
+logits to the image size, k-shot aggregation, reference checkpoint import. The CPU inference path
+that runs shots one at a time lives in ``fss.speed``.
 
 Shapes: B episodes, K shots, H x W image size.
 """
@@ -22,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fss.backbones import FeatureBackbone, build_backbone
+from fss.describe import RecordsInitArgs
 from fss.masking import SupportMasking, build_masking, input_mask
-from fss.models.backbone import Backbone
+from fss.speed import PER_SHOT_MIN_PIXELS, per_shot_logits, runs_per_shot
 
 KShotRule = Literal["vote", "mean"]
 
@@ -66,36 +75,45 @@ def vote_masks(shot_logits: Tensor) -> Tensor:
     return (votes.float() / max_vote >= 0.5).long()
 
 
-class FewShotSegmenter(nn.Module):
+class FewShotSegmenter(RecordsInitArgs, nn.Module):
     """Base class of the few-shot segmentation networks.
 
     Args:
-        backbone: ``resnet50``, ``resnet101`` (or ``resnet18``/``resnet34`` for small CPU runs).
-        masking: support masking strategy, one of ``fm | im | hm | hm_add | hm_reverse``.
-        weights: backbone weights: ``"imagenet"``, a torchvision state_dict path, or ``None``.
+        backbone: a :class:`~fss.backbones.FeatureBackbone`, or a name of ``fss.backbones.BACKBONES``
+            (``resnet50``, ``dinov2_vits14``, ...) built with ``weights``.
+        masking: a :class:`~fss.masking.SupportMasking`, or a name of ``fss.masking.MASKINGS``.
+        weights: for a backbone given by name only: ``pretrained`` (its standard weights: ImageNet
+            for the ResNets, timm's for the ViTs), a weights file, or None (random). A backbone
+            object carries its own weights.
     """
 
     #: the attribute (and reference checkpoint prefix) of the trainable part
     learner_name: ClassVar[str] = "learner"
-    #: first ResNet stage whose blocks the model correlates (conv3_x = 2)
-    first_layer: ClassVar[int] = 2
-    #: per-model meaning of a masking name, e.g. ASNet's "fm" is its reference's attention-only masking
-    masking_overrides: ClassVar[dict[str, type[SupportMasking]]] = {}
-    #: on CPU, at inference, shots are processed one at a time (``forward_shots``) from this many
-    #: query pixels on (320 x 320); None: never
-    cpu_per_shot_min_pixels: ClassVar[int | None] = 320 * 320
+    #: how many backbone levels the model reads: the deepest ``num_levels`` (HSNet, ASNet: 3; VAT: 4)
+    num_levels: ClassVar[int] = 3
+    #: True: the model implements ``fuse_shots`` and returns one logit map per episode
+    fuses_shots: ClassVar[bool] = False
+    #: on CPU, at inference, a per-shot model processes its shots one at a time
+    #: (``fss.speed.per_shot_logits``) from this many query pixels on; None: never
+    cpu_per_shot_min_pixels: ClassVar[int | None] = PER_SHOT_MIN_PIXELS
 
     def __init__(
         self,
-        backbone: str = "resnet50",
-        masking: str | SupportMasking = "hm",
-        weights: str | None = "imagenet",
+        backbone: FeatureBackbone | str = "resnet50",
+        masking: SupportMasking | str = "hm",
+        weights: str | None = "pretrained",
     ) -> None:
         super().__init__()
-        self.backbone = Backbone(backbone, weights=weights, first_layer=self.first_layer)
+        if isinstance(backbone, str):
+            backbone = (
+                build_backbone(backbone)
+                if weights == "pretrained"
+                else build_backbone(backbone, weights=weights)
+            )
+        self.backbone = backbone
+        #: the backbone levels the model reads, shallowest first
+        self.levels: tuple[int, ...] = backbone.select_levels(self.num_levels, needed_by=type(self).__name__)
         self.masking = build_masking(masking)
-        if self.masking.name in self.masking_overrides and not isinstance(masking, SupportMasking):
-            self.masking = self.masking_overrides[self.masking.name]()
 
     # -- the hooks a model implements -------------------------------------------------------
     def prepare_support_feats(self, feats: list[Tensor]) -> list[Tensor]:
@@ -105,12 +123,37 @@ class FewShotSegmenter(nn.Module):
     def predict_logits(
         self, query_feats: list[Tensor], support_feats: list[Tensor], support_mask: Tensor
     ) -> Tensor:
-        """Learner: query/support features of N = B*K pairs -> logits [N, 2, h, w] at any h, w.
+        """Per-shot learner: features of N query/support pairs -> logits [N, 2, h, w] at any h, w.
 
         ``support_feats`` are already masked; ``support_mask`` [N, H, W] is there for models that
-        use the mask again (ASNet's attention).
+        use the mask again (ASNet's attention). The N pairs must be treated independently (no batch
+        statistics): on CPU the shots may come one at a time (``fss.speed``).
         """
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} implements neither predict_logits (per shot) nor fuse_shots"
+        )
+
+    def fuse_shots(
+        self, query_feats: list[Tensor], support_feats: list[Tensor], support_masks: Tensor
+    ) -> Tensor:
+        """The shot-fusion hook: an episode's features -> logits [B, S, 2, h, w] before the k-shot rule.
+
+        Args:
+            query_feats: per level [B, C, h, w] (each query once).
+            support_feats: per level [B*K, C, h', w'], masked, shot-minor (episode b's shots are rows
+                b*K .. b*K + K-1).
+            support_masks: [B, K, H', W'] float.
+
+        Returns:
+            [B, S, 2, h, w]: S = K per-shot maps (this default: ``predict_logits`` for every pair,
+            the query's features repeated, not recomputed), or S = 1 for a model that combines its
+            K supports itself (set ``fuses_shots = True`` and override this).
+        """
+        batch, shots = support_masks.shape[:2]
+        if shots > 1:  # computed once, repeated for each shot's pair
+            query_feats = [f.repeat_interleave(shots, dim=0) for f in query_feats]
+        logits = self.predict_logits(query_feats, support_feats, support_masks.flatten(0, 1))
+        return logits.unflatten(0, (batch, shots))
 
     # -- shared machinery ------------------------------------------------------------------
     @property
@@ -128,12 +171,12 @@ class FewShotSegmenter(nn.Module):
         Runs without autograd: the backbone is frozen.
         """
         support_imgs, support_masks = _as_shots(support_imgs, support_masks)
-        query_feats, support_feats = self._features(
+        query_feats, support_feats = self.masked_features(
             query_img, support_imgs.flatten(0, 1), support_masks.flatten(0, 1).float()
         )
         return query_feats, support_feats
 
-    def _features(
+    def masked_features(
         self, query_img: Tensor | None, s_img: Tensor, s_mask: Tensor
     ) -> tuple[list[Tensor] | None, list[Tensor]]:
         """Query features (None without a query) and masked support features of [N,3,H,W] / [N,H,W]."""
@@ -160,7 +203,9 @@ class FewShotSegmenter(nn.Module):
         return query_feats, support_feats
 
     def forward_shots(self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor) -> Tensor:
-        """Per-shot logits [B, K, 2, H, W] at the query image size.
+        """Logits [B, S, 2, H, W] at the query image size, before the k-shot rule.
+
+        S = K (one map per shot) for a per-shot model, S = 1 for a model that fuses its shots.
 
         Args:
             query_img: [B, 3, H, W] normalised query images.
@@ -168,49 +213,22 @@ class FewShotSegmenter(nn.Module):
             support_masks: [B, K, H', W'] (or [B, H', W']) binary masks.
         """
         support_imgs, support_masks = _as_shots(support_imgs, support_masks)
-        batch, shots = support_imgs.shape[:2]
         masks = support_masks.float()
-        if self._per_shot(query_img):
-            logits = self._per_shot_logits(query_img, support_imgs, masks)
+        if runs_per_shot(self, query_img):
+            logits = per_shot_logits(self, query_img, support_imgs, masks)
         else:
-            query_feats, support_feats = self._features(
+            query_feats, support_feats = self.masked_features(
                 query_img, support_imgs.flatten(0, 1), masks.flatten(0, 1)
             )
-            if shots > 1:  # computed once, repeated for each shot's correlation
-                query_feats = [f.repeat_interleave(shots, dim=0) for f in query_feats]
-            logits = self.predict_logits(query_feats, support_feats, masks.flatten(0, 1))
-        logits = F.interpolate(logits, query_img.shape[-2:], mode="bilinear", align_corners=True)
-        return logits.view(batch, shots, *logits.shape[1:])
-
-    def _per_shot(self, query_img: Tensor) -> bool:
-        """Whether ``forward_shots`` takes the CPU inference path of ``_per_shot_logits``."""
-        limit = self.cpu_per_shot_min_pixels
-        return (
-            query_img.device.type == "cpu"
-            and not torch.is_grad_enabled()
-            and limit is not None
-            and query_img.shape[-2:].numel() >= limit
+            logits = self.fuse_shots(query_feats, support_feats, masks)
+        batch, maps = logits.shape[:2]
+        logits = F.interpolate(
+            logits.flatten(0, 1), query_img.shape[-2:], mode="bilinear", align_corners=True
         )
-
-    def _per_shot_logits(self, query_img: Tensor, support_imgs: Tensor, masks: Tensor) -> Tensor:
-        """Logits [B*K, 2, h, w] (shot-minor, as the batched path), one shot at a time.
-
-        The query's features are still computed once (with the first shot, in one backbone call).
-        On a CPU, a backbone call of 3 images and a learner call of one pair keep their activations
-        in the caches: at 400 px, ResNet-50, 11 images in one backbone call took 3.5 s against
-        3.05 s in calls of at most 3, and 5 learner pairs in one call 4.5 s against 3.75 s one by
-        one (docs/performance.md). Every model's learner treats each pair on its own (GroupNorm /
-        LayerNorm, no batch statistics), so the values are those of the batched path.
-        """
-        query_feats, support_feats = self._features(query_img, support_imgs[:, 0], masks[:, 0])
-        logits = [self.predict_logits(query_feats, support_feats, masks[:, 0])]
-        for k in range(1, support_imgs.shape[1]):
-            _, support_feats = self._features(None, support_imgs[:, k], masks[:, k])
-            logits.append(self.predict_logits(query_feats, support_feats, masks[:, k]))
-        return torch.stack(logits, dim=1).flatten(0, 1)
+        return logits.view(batch, maps, *logits.shape[1:])
 
     def forward(self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor) -> Tensor:
-        """Logits [B, 2, H, W]; with K > 1 shots, the mean of the per-shot logits."""
+        """Logits [B, 2, H, W]: the mean of the per-shot logits, or the fused logits."""
         return self.forward_shots(query_img, support_imgs, support_masks).mean(dim=1)
 
     @torch.inference_mode()
@@ -226,7 +244,8 @@ class FewShotSegmenter(nn.Module):
 
         Args:
             rule: ``"vote"`` (reference: per-shot argmax votes normalised by the largest vote,
-                thresholded at 0.5) or ``"mean"`` (argmax of the mean logits).
+                thresholded at 0.5) or ``"mean"`` (argmax of the mean logits). A model that fuses
+                its shots has one map: both rules are its argmax.
             out_size: predict at this size instead of the query's (the references'
                 ``use_original_imgsize``): logits are resized bilinearly before the argmax.
         """
@@ -266,7 +285,7 @@ class FewShotSegmenter(nn.Module):
 def aggregate_shots(
     shot_logits: Tensor, rule: KShotRule = "vote", out_size: tuple[int, int] | None = None
 ) -> Tensor:
-    """Per-shot logits [B, K, 2, H, W] -> masks [B, H', W'] by ``rule`` (see ``predict_mask``)."""
+    """Logits [B, S, 2, H, W] of ``forward_shots`` -> masks [B, H', W'] by ``rule`` (see ``predict_mask``)."""
     if out_size is not None and tuple(out_size) != tuple(shot_logits.shape[-2:]):
         b, k = shot_logits.shape[:2]
         shot_logits = F.interpolate(

@@ -1,4 +1,4 @@
-"""Dense cosine correlation between query and support features, stacked per ResNet stage."""
+"""Dense cosine correlation between query and support features, stacked per backbone level."""
 
 from __future__ import annotations
 
@@ -80,25 +80,27 @@ def multilayer_correlation(
     query_feats: list[Tensor],
     support_feats: list[Tensor],
     feat_layers: list[int],
-    layers=(4, 3, 2),
+    layers: tuple[int, ...] | None = None,
     query_major: bool = False,
 ) -> list[Tensor]:
-    """One correlation per feature level, stacked by stage, deepest stage first.
+    """One correlation per feature map, stacked by level, deepest level first.
 
-    The levels of one stage share their shape, so their features are stacked first and correlated
-    with one batched matrix product: the [N, n_blocks, ...] result is written in place instead of
-    being copied together from per-level correlations (which are 25x larger than the features at
+    The maps of one level share their shape, so their features are stacked first and correlated
+    with one batched matrix product: the [N, n_maps, ...] result is written in place instead of
+    being copied together from per-map correlations (which are 25x larger than the features at
     400 px).
 
     Args:
-        query_feats, support_feats: per level [N, C_l, h_l, w_l].
-        feat_layers: the ResNet stage of each level (``Backbone.feat_layers``).
-        layers: the stages to return, in order.
-        query_major: store each result as [N, ha, wa, n_blocks, hb, wb] (see ``_correlate_unit_rows``).
+        query_feats, support_feats: per map [N, C_l, h_l, w_l].
+        feat_layers: the level of each map (``FeatureBackbone.feat_layers``; a ResNet's stage).
+        layers: the levels to return, in order; None: every level of ``feat_layers``, deepest first.
+        query_major: store each result as [N, ha, wa, n_maps, hb, wb] (see ``_correlate_unit_rows``).
 
     Returns:
-        For each stage in ``layers``: [N, n_blocks, ha, wa, hb, wb].
+        For each level in ``layers``: [N, n_maps, ha, wa, hb, wb].
     """
+    if layers is None:
+        layers = tuple(sorted(set(feat_layers), reverse=True))
     stacked = []
     for layer in layers:
         ids = [i for i, lid in enumerate(feat_layers) if lid == layer]
@@ -107,7 +109,7 @@ def multilayer_correlation(
             with torch.autocast(qs[0].device.type, enabled=False):
                 q, s = _unit_rows(qs), _unit_rows(ss)
                 stacked.append(_correlate_unit_rows(q, s, qs[0].shape[-2:], ss[0].shape[-2:], query_major))
-        else:  # levels of different shapes (not a ResNet stage): correlate one by one
+        else:  # maps of different shapes in one level: correlate one by one
             stacked.append(torch.stack([cosine_correlation(q, s) for q, s in zip(qs, ss)], dim=1))
     return stacked
 

@@ -1,7 +1,7 @@
 """HSNet: Hypercorrelation Squeeze Networks (Min, Kang & Cho, ICCV 2021).
 
-Multi-layer cosine correlations of the query and (masked) support features are grouped by ResNet
-stage into three 4D "hypercorrelations", *squeezed* by center-pivot 4D convolutions that stride
+Multi-layer cosine correlations of the query and (masked) support features are grouped by backbone
+level (a ResNet's stages conv3_x..conv5_x) into three 4D "hypercorrelations", *squeezed* by center-pivot 4D convolutions that stride
 over the support dimensions, *mixed* from the deepest stage down, averaged over the support
 dimensions and *decoded* by 2D convolutions into 2-class logits at 1/4 of the input size.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fss.backbones import FeatureBackbone
 from fss.masking import SupportMasking
 from fss.models.base import FewShotSegmenter
 from fss.models.conv4d import CenterPivotConv4d
@@ -39,7 +40,7 @@ class HPNLearner(nn.Module):
     """The squeeze / mix / decode learner.
 
     Args:
-        inch: number of correlation levels of stage 4, 3 and 2 (ResNet-50: 3, 6, 4).
+        inch: number of correlated maps of the deepest, middle and shallowest level (ResNet-50: 3, 6, 4).
     """
 
     def __init__(self, inch: list[int]) -> None:
@@ -58,7 +59,7 @@ class HPNLearner(nn.Module):
         )
 
     def forward(self, hypercorr: list[Tensor]) -> Tensor:
-        """Hypercorrelations [N, n_l, ha_l, wa_l, hb_l, wb_l] of stages 4, 3, 2 -> logits [N, 2, h, w]."""
+        """Hypercorrelations [N, n_l, ha_l, wa_l, hb_l, wb_l], deepest level first -> logits [N, 2, h, w]."""
         sqz4 = self.encoder_layer4(hypercorr[0])
         sqz3 = self.encoder_layer3(hypercorr[1])
         sqz2 = self.encoder_layer2(hypercorr[2])
@@ -74,12 +75,14 @@ class HPNLearner(nn.Module):
 
 
 class HSNet(FewShotSegmenter):
-    """HSNet with pluggable support masking.
+    """HSNet with pluggable support masking, on the deepest 3 levels of any backbone.
 
     Args:
-        backbone: ``resnet50`` | ``resnet101`` (published) or ``resnet18`` | ``resnet34`` (small runs).
-        masking: ``fm`` (the original HSNet), ``im``, ``hm`` (HSNet-HM), ``hm_add``, ``hm_reverse``.
-        weights: backbone weights (``"imagenet"``, a torchvision state_dict path, or ``None``).
+        backbone: a ``FeatureBackbone`` or a name (published: ``resnet50``, ``resnet101``; small runs:
+            ``resnet18``); see :class:`~fss.models.base.FewShotSegmenter`.
+        masking: a strategy or a name of ``fss.masking.MASKINGS`` (``fm``: the original HSNet; ``hm``:
+            HSNet-HM).
+        weights: weights of a backbone given by name (``pretrained``, a file, or None).
 
     Example:
         >>> model = HSNet(backbone="resnet18", masking="hm", weights=None)
@@ -87,20 +90,21 @@ class HSNet(FewShotSegmenter):
     """
 
     learner_name = "hpn_learner"
-    first_layer = 2
+    num_levels = 3
 
     def __init__(
         self,
-        backbone: str = "resnet50",
-        masking: str | SupportMasking = "hm",
-        weights: str | None = "imagenet",
+        backbone: FeatureBackbone | str = "resnet50",
+        masking: SupportMasking | str = "hm",
+        weights: str | None = "pretrained",
     ) -> None:
         super().__init__(backbone=backbone, masking=masking, weights=weights)
-        self.hpn_learner = HPNLearner([self.backbone.feat_layers.count(lid) for lid in (4, 3, 2)])
+        layers = self.backbone.feat_layers
+        self.hpn_learner = HPNLearner([layers.count(level) for level in reversed(self.levels)])
 
     def predict_logits(
         self, query_feats: list[Tensor], support_feats: list[Tensor], support_mask: Tensor
     ) -> Tensor:
-        """Features of N query/support pairs -> logits [N, 2, ha_2 * 2, wa_2 * 2]."""
+        """Features of N query/support pairs -> logits [N, 2, 2 h, 2 w] (h, w: the shallowest level's)."""
         corr = multilayer_correlation(query_feats, support_feats, self.backbone.feat_layers, query_major=True)
         return self.hpn_learner(corr)

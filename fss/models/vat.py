@@ -17,6 +17,8 @@ Pipeline, for N query/support pairs (shapes for ResNet-50 and the default ``feat
    stages at 2s, 4s, 8s; a stage concatenates the projected query feature of conv4_x / conv3_x /
    conv2_x when the benchmark's ``feature_affinity`` flag says so. Logits [N, 2, 8s, 8s].
 
+On any backbone the deepest four levels play the parts of conv2_x..conv5_x (:meth:`VAT.feature_side`).
+
 Module names follow the reference (learner prefix ``hpn_learner.ours.``) so that its checkpoints
 load with :meth:`~fss.models.base.FewShotSegmenter.load_reference_state_dict`. See ``docs/vat.md``.
 """
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fss.backbones import FeatureBackbone
 from fss.masking import SupportMasking
 from fss.models.base import FewShotSegmenter
 from fss.models.conv import Conv2d
@@ -259,10 +262,11 @@ class VAT(FewShotSegmenter):
     """VAT with pluggable support masking.
 
     Args:
-        backbone: ``resnet50`` | ``resnet101`` (published) or ``resnet18`` | ``resnet34`` (small runs;
-            the query projections then take that backbone's widths).
-        masking: ``fm`` (the original VAT), ``im``, ``hm`` (VAT-HM), ``hm_add``, ``hm_reverse``.
-        weights: backbone weights (``"imagenet"``, a torchvision state_dict path, or ``None``).
+        backbone: a ``FeatureBackbone`` or a name (published: ``resnet50``, ``resnet101``); its deepest
+            4 levels play conv2_x..conv5_x (the query projections take their channels).
+        masking: a strategy or a name of ``fss.masking.MASKINGS`` (``fm``: the original VAT; ``hm``:
+            VAT-HM).
+        weights: weights of a backbone given by name (``pretrained``, a file, or None).
         benchmark: ``pascal`` | ``coco`` | ``fss1000`` (alias ``fss``): selects the reference's
             ``feature_affinity`` (pascal: conv3_x, conv2_x; coco: conv2_x; fss1000: all three).
         feature_affinity: override the benchmark's flags (decoder stages fed by conv4_x, conv3_x,
@@ -271,7 +275,8 @@ class VAT(FewShotSegmenter):
             The reference fixes 16 (whatever the image size). Any multiple of 8 keeps the parameter
             shapes (so checkpoints load); 8 costs ~16x less and is meant for tests and CPU demos.
         resize_before_masking: resize support features before masking them (the original VAT) or
-            after (the HM code). ``None``: before for ``fm``, after for every other strategy.
+            after (the HM code). ``None``: before for strategies computed from the plain features
+            and the mask alone (``fm``, ``none``: ``needs_masked_input`` False), after for the others.
         gradient_checkpointing: recompute the Swin blocks in the backward pass instead of storing
             their activations (training only; saves memory, costs one more forward of the blocks).
 
@@ -281,13 +286,13 @@ class VAT(FewShotSegmenter):
     """
 
     learner_name = "hpn_learner"
-    first_layer = 1
+    num_levels = 4
 
     def __init__(
         self,
-        backbone: str = "resnet50",
-        masking: str | SupportMasking = "hm",
-        weights: str | None = "imagenet",
+        backbone: FeatureBackbone | str = "resnet50",
+        masking: SupportMasking | str = "hm",
+        weights: str | None = "pretrained",
         benchmark: Benchmark = "coco",
         feature_affinity: tuple[bool, bool, bool] | None = None,
         feature_size: int = 16,
@@ -298,7 +303,7 @@ class VAT(FewShotSegmenter):
         if benchmark not in FEATURE_AFFINITY:
             raise ValueError(
                 f"unknown VAT benchmark {benchmark!r}: choose one of {', '.join(FEATURE_AFFINITY)} "
-                "(option model.net_options.benchmark)"
+                "(option model.net.init_args.benchmark)"
             )
         if feature_size < 8 or feature_size % 8:
             raise ValueError(
@@ -313,18 +318,20 @@ class VAT(FewShotSegmenter):
         self.benchmark = benchmark
         self.feature_size = feature_size
         self.resize_before_masking = (
-            self.masking.name == "fm" if resize_before_masking is None else bool(resize_before_masking)
+            not self.masking.needs_masked_input
+            if resize_before_masking is None
+            else bool(resize_before_masking)
         )
         layers = self.backbone.feat_layers
-        # every block of stages 2..4 plus the last block of stage 1
-        last_of_stage1 = max(i for i, lid in enumerate(layers) if lid == 1)
-        self._keep = [i for i, lid in enumerate(layers) if lid >= 2 or i == last_of_stage1]
+        first, *deeper = self.levels  # the conv2_x part: its last map only
+        last_of_first = max(i for i, level in enumerate(layers) if level == first)
+        self._keep = [i for i, level in enumerate(layers) if level != first or i == last_of_first]
         self._layers = [layers[i] for i in self._keep]
         channels = [self.backbone.feat_channels[i] for i in self._keep]
-        last_channels = {lid: ch for lid, ch in zip(self._layers, channels)}  # the last block's channels
+        last_channels = dict(zip(self._layers, channels))  # each level's last map's channels
         self.hpn_learner = VATLearner(
-            inch=tuple(self._layers.count(lid) for lid in (4, 3, 2)),
-            query_channels=tuple(last_channels[lid] for lid in (3, 2, 1)),
+            inch=tuple(self._layers.count(level) for level in reversed(deeper)),
+            query_channels=tuple(last_channels[level] for level in reversed(self.levels[:-1])),
             feature_affinity=tuple(feature_affinity),
             feature_size=feature_size,
         )
@@ -340,12 +347,13 @@ class VAT(FewShotSegmenter):
         self._gradient_checkpointing = bool(enabled)
         set_gradient_checkpointing(self.hpn_learner, self._gradient_checkpointing)
 
-    def feature_side(self, stage: int) -> int:
-        """Side of the resized features of ResNet stage ``stage`` (1..4): 8s, 4s, 2s, s."""
-        return self.feature_size * 2 ** (4 - stage)
+    def feature_side(self, level: int) -> int:
+        """Side of the resized features of backbone level ``level``: 8s, 4s, 2s, s from the shallowest
+        of the model's four levels to the deepest (a ResNet's stages 1..4)."""
+        return self.feature_size * 2 ** (len(self.levels) - 1 - self.levels.index(level))
 
     def _select(self, feats: list[Tensor]) -> list[Tensor]:
-        """Backbone features (every block from conv2_x) -> the levels VAT uses."""
+        """Backbone features (every map of the four levels) -> the maps VAT uses."""
         return [feats[i] for i in self._keep]
 
     def _resize(self, feats: list[Tensor]) -> list[Tensor]:
@@ -370,12 +378,12 @@ class VAT(FewShotSegmenter):
     ) -> Tensor:
         """Features of N query/support pairs -> logits [N, 2, 8s, 8s] (128 x 128 by default).
 
-        ``query_feats`` are the backbone's (every block from conv2_x); ``support_feats`` come from
-        :meth:`prepare_support_feats` and masking. ``support_mask`` is not used again.
+        ``query_feats`` are the backbone's (every map of the four levels); ``support_feats`` come
+        from :meth:`prepare_support_feats` and masking. ``support_mask`` is not used again.
         """
         query_feats = self._resize(self._select(query_feats))
         support_feats = self._resize(support_feats)  # no-op when resized before masking
-        stage1 = self._layers.count(1)
-        corrs = multilayer_correlation(query_feats[stage1:], support_feats[stage1:], self._layers[stage1:])
-        last = {lid: feat for lid, feat in zip(self._layers, query_feats)}  # last block of each stage
-        return self.hpn_learner(corrs, [last[3], last[2], last[1]])
+        first = self._layers.count(self.levels[0])  # the conv2_x map is not correlated
+        corrs = multilayer_correlation(query_feats[first:], support_feats[first:], self._layers[first:])
+        last = dict(zip(self._layers, query_feats))  # the last map of each level
+        return self.hpn_learner(corrs, [last[level] for level in reversed(self.levels[:-1])])

@@ -14,7 +14,7 @@ It then writes into the study directory::
       per_class_iou.csv   test IoU per class, per run
       runs/<variant>/fold<f>-seed<s>/   one run: checkpoints/{best,last}.ckpt, wandb/, and the
                       CSVLogger directories fit/ (metrics.csv, config.yaml, best.json; a resumed fit
-                      continues in fit-resume1/ ...) and test/ (metrics.csv, test_results.json)
+                      continues in it and in the same W&B run) and test/ (metrics.csv, test_results.json)
 
 Study config (YAML)::
 
@@ -24,7 +24,7 @@ Study config (YAML)::
     output_dir: runs/study_demo
     sweep:                           # option -> list of values, or mapping label -> value
       model.masking: [fm, im, hm]
-      model.weights: {random: null, trained: runs/pretrain_synthetic/backbone.pth}
+      model.backbone.weights: {random: null, trained: runs/pretrain_synthetic/backbone.pth}
     folds: [0]                       # written to data.init_args.fold (option fold_key)
     seeds: [0, 1]                    # written to seed_everything (model init and shuffling)
     overrides: {trainer.max_epochs: 15}   # options set on every run

@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fss study",
         description="Run a convergence-speed study: one fss fit + test per variant, fold and seed, then "
         "tables (CSV, Markdown) and a curve plot in the study directory. See docs/study.md.",
+        allow_abbrev=False,  # an option prefix is never taken for the option
     )
     parser.add_argument("--config", required=True, help="study config (YAML), e.g. configs/study_demo.yaml")
     parser.add_argument(

@@ -147,19 +147,10 @@ class Run:
 
     @property
     def fit_dirs(self) -> list[Path]:
-        """The fit log directories in order: ``fit``, then ``fit-resume1``, ``fit-resume2``, ... (resumptions)."""
+        """The fit log directories: ``fit`` (a resumed fit continues in it), then the ``fit-resume1``,
+        ``fit-resume2``, ... that studies written before resumption in place left behind."""
         resumed = sorted(self.root.glob("fit-resume*"), key=lambda p: int(p.name[len("fit-resume") :] or 0))
         return [d for d in [self.root / "fit", *resumed] if d.is_dir()]
-
-    def fit_version(self, resume: bool) -> str:
-        """The CSVLogger version of the next fit: ``fit``, or a fresh ``fit-resumeN`` when resuming.
-
-        (A resumed fit logs into a new directory: Lightning's CSVLogger may rewrite an existing
-        metrics.csv without its earlier rows.)
-        """
-        if not resume or not self.fit_dirs:
-            return "fit"
-        return f"fit-resume{len(self.fit_dirs)}"
 
     @property
     def best_json(self) -> Path | None:
@@ -303,7 +294,8 @@ class Study:
     def _loggers(self, run: Run, stage: Literal["fit", "test"], version: str) -> list[dict[str, Any]]:
         loggers: list[dict[str, Any]] = [
             {
-                "class_path": "pytorch_lightning.loggers.CSVLogger",
+                # fss's CSVLogger: a resumed fit continues fit/metrics.csv (Lightning's would empty it)
+                "class_path": "fss.loggers.CSVLogger",
                 "init_args": {"save_dir": str(run.root), "name": "", "version": version},
             }
         ]
@@ -339,8 +331,8 @@ class Study:
         options["seed_everything"] = run.seed
         options["trainer.default_root_dir"] = str(run.root)
         resume = resume and stage == "fit" and run.last_ckpt.is_file()
-        version = run.fit_version(resume) if stage == "fit" else "test"
-        options["trainer.logger"] = self._loggers(run, stage, version)
+        # a resumed fit continues in fit/ and in the same W&B run (the CLI reads both from last.ckpt)
+        options["trainer.logger"] = self._loggers(run, stage, stage)
         args = [stage, "--config", str(self.base_config)]
         for key, value in options.items():
             args += [f"--{key}", cli_value(value)]

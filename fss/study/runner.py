@@ -34,9 +34,11 @@ def _execute(args: list[str], launcher: Launcher, log: Path) -> None:
             from fss.cli import main as command
         argv, sys.argv = sys.argv, ["fss"]  # LightningCLI warns when sys.argv holds other arguments
         try:
-            command(args)
+            code = command(args)
         finally:
             sys.argv = argv
+        if code:  # the command printed its error message
+            raise RuntimeError(f"`{command_line(args[:3])} ...` failed (exit {code}); its message is above")
         return
     with log.open("a") as out:
         out.write(f"\n$ {shlex.join(['python', '-m', module, *args])}\n")

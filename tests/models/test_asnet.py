@@ -6,11 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from fss.masking import FeatureMasking, HybridMasking
+from fss.masking import FeatureMasking, HybridMasking, NoMasking
 from fss.models.aslayer import Attention
 from fss.models.asnet import (
     ASNet,
-    ASNetFeatureMasking,
     AttentionLearner,
     fit_support_dims,
     pool_large_feats,
@@ -19,13 +18,16 @@ from fss.models.base import aggregate_shots
 from fss.models.correlation import multilayer_correlation
 from tests.models.conftest import load_golden, relative_error
 
+#: the golden files name the reference ASNet's support masking (attention only) "fm"; here it is "none"
+GOLDEN_NAME = {"none": "fm", "hm": "hm"}
+
 
 @pytest.fixture(scope="module")
 def golden_asnet() -> dict:
     return load_golden("asnet_resnet50.pt")
 
 
-@pytest.fixture(scope="module", params=["fm", "hm"])
+@pytest.fixture(scope="module", params=["none", "hm"])
 def golden_run(
     request, golden_inputs, golden_resnet50, golden_asnet
 ) -> tuple[str, torch.Tensor, torch.Tensor]:
@@ -43,7 +45,7 @@ def golden_run(
     with torch.inference_mode():
         shots0 = net.forward_shots(q[:1], s[:1], m[:1])  # [1, 3, 2, H, W]
         logits1 = net(q[1:], s[1:, 0], m[1:, 0])  # [1, 2, H, W]
-    return request.param, torch.cat([shots0[:, 0], logits1]), aggregate_shots(shots0, "vote")
+    return GOLDEN_NAME[request.param], torch.cat([shots0[:, 0], logits1]), aggregate_shots(shots0, "vote")
 
 
 def test_parity_logits(golden_run, golden_asnet):
@@ -58,14 +60,13 @@ def test_parity_3shot_mask(golden_run, golden_asnet):
     assert torch.equal(mask3[0], golden_asnet[f"pred_mask_{masking}_3shot"][0].long())
 
 
-def test_fm_keeps_support_features_unmasked():
-    """The reference ASNet masks through its attention only: "fm" must not multiply features."""
+def test_masking_names_mean_the_same_operation_as_elsewhere():
+    """The reference ASNet masks through its attention only ("none"); "fm" multiplies, as in every model."""
     feats = [torch.randn(2, 4, 5, 5)]
     mask = torch.zeros(2, 20, 20)
-    assert isinstance(ASNet("resnet18", masking="fm", weights=None).masking, ASNetFeatureMasking)
-    # an explicit strategy object is used as given: true feature masking on top of the attention
-    assert type(ASNet("resnet18", masking=FeatureMasking(), weights=None).masking) is FeatureMasking
-    assert torch.equal(ASNetFeatureMasking()(feats, None, mask)[0], feats[0])
+    assert type(ASNet("resnet18", masking="none", weights=None).masking) is NoMasking
+    assert type(ASNet("resnet18", masking="fm", weights=None).masking) is FeatureMasking
+    assert torch.equal(NoMasking()(feats, None, mask)[0], feats[0])
     assert not torch.equal(FeatureMasking()(feats, None, mask)[0], feats[0])
     assert isinstance(ASNet("resnet18", masking="hm", weights=None).masking, HybridMasking)
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fss.models import build_model
+from fss.models import MODELS, build_model
 from fss.models.conv import Conv3d
 from fss.models.correlation import cosine_correlation
 
-#: tiny, fast instances (VAT's learner at feature_size 8 as in tests/models/test_vat.py)
-MODELS = {
-    "hsnet": {"backbone": "resnet18"},
-    "asnet": {"backbone": "resnet18"},
-    "vat": {"backbone": "resnet50", "benchmark": "coco", "feature_size": 8},
-}
+#: tiny, fast instances of every registered model (VAT's learner at feature_size 8 as in
+#: tests/models/test_vat.py); default: a ResNet-18
+OPTIONS = {"vat": {"backbone": "resnet50", "benchmark": "coco", "feature_size": 8}}
+
+
+def options(name: str) -> dict:
+    return OPTIONS.get(name, {"backbone": "resnet18"})
 
 
 def test_correlation_is_float32_and_close_to_fp32_under_autocast() -> None:
@@ -34,7 +35,7 @@ def test_correlation_is_float32_and_close_to_fp32_under_autocast() -> None:
 def test_forward_under_autocast(name: str, dtype: torch.dtype) -> None:
     """``bf16-mixed`` and ``16-mixed``: finite logits close to float32's, also for an empty support mask."""
     torch.manual_seed(0)
-    model = build_model(name, masking="hm", weights=None, **MODELS[name]).eval()
+    model = build_model(name, masking="hm", weights=None, **options(name)).eval()
     gen = torch.Generator().manual_seed(1)
     query, supports = torch.randn(1, 3, 64, 64, generator=gen), torch.randn(1, 2, 3, 64, 64, generator=gen)
     masks = torch.zeros(1, 2, 64, 64)
@@ -43,7 +44,7 @@ def test_forward_under_autocast(name: str, dtype: torch.dtype) -> None:
         reference = model.forward_shots(query, supports, masks).float()
         with torch.autocast("cpu", dtype=dtype):
             mixed = model.forward_shots(query, supports, masks).float()
-    assert mixed.shape == reference.shape == (1, 2, 2, 64, 64)
+    assert mixed.shape == reference.shape == (1, 1 if model.fuses_shots else 2, 2, 64, 64)
     assert torch.isfinite(mixed).all()
     # bf16 keeps ~3 significant digits through the learner: same logits up to a few percent of their range
     scale = reference.abs().max()
@@ -57,7 +58,7 @@ def test_training_step_under_autocast_has_finite_gradients(name: str, dtype: tor
     oneDNN's bf16 weight gradient used to come out NaN (fss/models/conv.py); under float16,
     ASNet's -1e9 attention mask used to overflow (fss/models/aslayer.py)."""
     torch.manual_seed(0)
-    model = build_model(name, masking="hm", weights=None, **MODELS[name]).train()
+    model = build_model(name, masking="hm", weights=None, **options(name)).train()
     target = torch.zeros(2, 64, 64, dtype=torch.long)
     target[:, 20:44, 20:44] = 1
     # bf16's NaNs were erratic: 3 episodes; float16 overflow is deterministic, and CPU float16

@@ -1,9 +1,9 @@
-"""Frozen torchvision ResNet backbones that return every residual block's output before its last ReLU.
+"""Frozen torchvision ResNets that return every residual block's output before its last ReLU.
 
 HSNet, ASNet and VAT correlate the *pre-activation* output of each residual block (bottleneck for
-ResNet-50/101, basic block for ResNet-18/34). :class:`Backbone` keeps torchvision's module names
-(``conv1``, ``bn1``, ``layer1`` .. ``layer4``) so that reference checkpoints load key for key, and it
-stays in eval mode and frozen whatever ``.train()`` is called on its parents.
+ResNet-50/101, basic block for ResNet-18/34). :class:`ResNet` keeps torchvision's module names
+(``conv1``, ``bn1``, ``layer1`` .. ``layer4``) so that reference checkpoints load key for key.
+Its levels are the stages 1..4 (conv2_x..conv5_x, strides 4, 8, 16, 32), one map per block.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import torchvision
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from fss.backbones.base import BackboneWeightsError, FeatureBackbone, FeatureInfo
+from fss.speed import CHANNELS_LAST_MIN_PIXELS, cpu_channels_last
+
 #: blocks per stage (layer1..layer4) of each supported architecture
 BLOCKS: dict[str, tuple[int, int, int, int]] = {
     "resnet18": (2, 2, 2, 2),
@@ -25,17 +28,14 @@ BLOCKS: dict[str, tuple[int, int, int, int]] = {
 }
 
 
-class BackboneWeightsError(RuntimeError):
-    """Weights were asked for but could not be loaded (no network, bad file)."""
-
-
 def _torchvision_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a torchvision ``state_dict`` from ``path``; floating tensors are cast to float32."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise BackboneWeightsError(
             f"backbone weights file not found: {path}. Pass an existing torchvision state_dict "
-            "(.pth) with --model.weights PATH, 'imagenet' for torchvision's weights, or null for random."
+            "(.pth) with --model.backbone.weights PATH, 'imagenet' for torchvision's weights, or null "
+            "for random."
         )
     sd = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
@@ -43,46 +43,48 @@ def _torchvision_state_dict(path: str | Path) -> dict[str, Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
-class Backbone(nn.Module):
-    """A frozen ResNet returning the pre-ReLU output of every block from ``first_layer`` on.
+class ResNet(FeatureBackbone):
+    """A frozen torchvision ResNet returning the pre-ReLU output of every residual block.
+
+    Levels: the stages 1..4 (conv2_x..conv5_x), one map per block; a model selects the deepest ones
+    it correlates (HSNet/ASNet: 2..4 = conv3_x..conv5_x; VAT: 1..4). BatchNorm is folded into the
+    convolutions (``_conv_bn``); on CPU, large inputs run in channels_last (``fss.speed``).
 
     Args:
         name: ``resnet18``, ``resnet34``, ``resnet50`` or ``resnet101``.
-        weights: ``"imagenet"`` (torchvision's ImageNet-1k V1 weights, as the reference code used),
-            a path to a torchvision ``state_dict`` file, or ``None`` for random weights.
-        first_layer: first stage whose blocks are returned (2 = conv3_x for HSNet/ASNet, 1 = conv2_x
-            for VAT).
-
-    Attributes:
-        feat_layers: stage index (1..4) of each returned feature, e.g. ``[2]*4 + [3]*6 + [4]*3``.
-        feat_channels: channel count of each returned feature.
+        weights: ``imagenet`` (torchvision's ImageNet-1k V1 weights, as the reference code used), a
+            path to a torchvision ``state_dict`` file (e.g. written by ``fss pretrain``), or null for
+            random weights.
     """
 
-    #: CPU inputs with at least this many pixels run in channels_last (see ``forward``)
-    channels_last_min_pixels: int = 224 * 224
+    #: CPU inputs with at least this many pixels run in channels_last (``fss.speed.cpu_channels_last``)
+    channels_last_min_pixels: int | None = CHANNELS_LAST_MIN_PIXELS
 
-    def __init__(self, name: str = "resnet50", weights: str | None = "imagenet", first_layer: int = 2):
+    def __init__(self, name: str = "resnet50", weights: str | None = "imagenet") -> None:
         super().__init__()
         if name not in BLOCKS:
-            raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BLOCKS)}")
-        if first_layer not in (1, 2, 3, 4):
-            raise ValueError(f"first_layer must be 1..4, got {first_layer}")
+            raise ValueError(f"unknown ResNet {name!r}: choose one of {', '.join(BLOCKS)}")
         self.name = name
-        self.first_layer = first_layer
         net = getattr(torchvision.models, name)(weights=None)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.feat_layers: list[int] = [
-            lid for lid in range(first_layer, 5) for _ in range(BLOCKS[name][lid - 1])
-        ]
-        widths = {1: 64, 2: 128, 3: 256, 4: 512}
         expansion = 4 if name in ("resnet50", "resnet101") else 1
-        self.feat_channels: list[int] = [widths[lid] * expansion for lid in self.feat_layers]
+        self._describe(
+            [
+                FeatureInfo(
+                    channels=width * expansion,
+                    stride=2 ** (stage + 1),
+                    level=stage,
+                    module=f"layer{stage}.{i}",
+                )
+                for stage, width in zip((1, 2, 3, 4), (64, 128, 256, 512))
+                for i in range(BLOCKS[name][stage - 1])
+            ]
+        )
         #: BatchNorm-folded convolution weights, see ``_conv_bn``
         self._folded: dict[str, tuple[tuple, Tensor, Tensor]] = {}
         self.load_weights(weights)
-        self.requires_grad_(False)
-        self.eval()
+        self._freeze()
 
     def load_weights(self, weights: str | None) -> None:
         """Load ``"imagenet"``, a torchvision state_dict file, or keep random init (``None``)."""
@@ -96,8 +98,9 @@ class Backbone(nn.Module):
                 raise BackboneWeightsError(
                     f"could not obtain torchvision's ImageNet weights for {self.name} ({err}). "
                     f"Download {enum.url} on a machine with internet and pass the file with "
-                    f"--model.weights /path/to/{Path(enum.url).name} (or put it in torch's hub cache "
-                    f"{torch.hub.get_dir()}/checkpoints/), or use --model.weights null for random weights."
+                    f"--model.backbone.weights /path/to/{Path(enum.url).name} (or put it in torch's hub "
+                    f"cache {torch.hub.get_dir()}/checkpoints/), or use --model.backbone.weights null for "
+                    "random weights."
                 ) from err
         else:
             sd = _torchvision_state_dict(weights)
@@ -112,10 +115,6 @@ class Backbone(nn.Module):
                 f"the weights do not fit a torchvision {self.name}: missing {missing[:4]}, "
                 f"unexpected {unexpected[:4]}"
             )
-
-    def train(self, mode: bool = True) -> Backbone:
-        """Stay in eval mode: BatchNorm statistics of the frozen backbone never move."""
-        return super().train(False)
 
     def _conv_bn(self, key: str, conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
         """``bn(conv(x))`` as one convolution with the BatchNorm folded into its weights.
@@ -149,23 +148,20 @@ class Backbone(nn.Module):
         return out.add_(x)
 
     def forward(self, img: Tensor) -> list[Tensor]:
-        """Images [N, 3, H, W] (ImageNet-normalised) -> list of block features [N, C_i, h_i, w_i].
+        """Images [N, 3, H, W] (ImageNet-normalised) -> the pre-ReLU output [N, C_i, h_i, w_i] of every
+        block of the selected stages.
 
         On CPU, from ``channels_last_min_pixels`` on, the images and every feature are in
-        ``torch.channels_last`` memory format (logically the same [N, C, h, w] tensors): oneDNN's
-        convolutions and the max pool are faster in it at these sizes (ResNet-50, 3 images, one
-        thread: 1.10-1.13x at 320-400 px, but 0.8x at 96-128 px), and the correlation reads the
-        features as [N, h*w, C] without a copy (docs/performance.md). Use ``.reshape``, not
-        ``.view``, on these features.
+        ``torch.channels_last`` memory format (``fss.speed.cpu_channels_last``).
         """
-        if img.device.type == "cpu" and img.shape[-2:].numel() >= self.channels_last_min_pixels:
-            img = img.contiguous(memory_format=torch.channels_last)
+        img = cpu_channels_last(img, self.channels_last_min_pixels)
+        first = self.levels[0]
         feat = self.maxpool(torch.relu_(self._conv_bn("conv1", self.conv1, self.bn1, img)))
         feats: list[Tensor] = []
-        for lid in range(1, 5):
-            for i, block in enumerate(getattr(self, f"layer{lid}")):
-                pre = self._block_pre_relu(f"layer{lid}.{i}", block, feat)
-                if lid >= self.first_layer:
+        for stage in range(1, 5):
+            for i, block in enumerate(getattr(self, f"layer{stage}")):
+                pre = self._block_pre_relu(f"layer{stage}.{i}", block, feat)
+                if stage >= first:
                     feats.append(pre)
                     feat = torch.relu(pre)  # out of place: ``pre`` is returned
                 else:

@@ -1,0 +1,134 @@
+"""The interface every frozen feature extractor implements: :class:`FeatureBackbone`.
+
+A backbone maps ImageNet-normalised images [N, 3, H, W] to a list of feature maps [N, C_i, h_i, w_i]
+and describes them in ``feature_info`` (in the spirit of timm's ``feature_info``): one
+:class:`FeatureInfo` per returned map with its channels, its nominal stride and its *level*.
+
+A level is a group of maps of one shape (a ResNet stage, or a group of ViT blocks resampled to one
+stride); levels are integers that grow with depth. Models never name a level: they ask for the
+deepest ``n`` levels (HSNet and ASNet correlate 3, VAT 4) with :meth:`FeatureBackbone.select_levels`
+and read channels and map counts from ``feature_info``. So a model written for a ResNet runs on any
+backbone with enough levels.
+
+Every backbone is frozen: no parameter requires gradients and it stays in eval mode whatever
+``.train()`` is called on its parents (a test checks that BatchNorm statistics do not move).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from fss.describe import RecordsInitArgs
+
+
+class BackboneWeightsError(RuntimeError):
+    """Weights were asked for but could not be loaded (no network, bad file)."""
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One feature map a backbone returns.
+
+    Attributes:
+        channels: C of the map [N, C, h, w].
+        stride: input pixels per feature pixel (nominal: 4, 8, 16, 32 for a ResNet; 7, 14, 28 for the
+            resampled levels of a ViT with 14 px patches).
+        level: the group of maps of one shape the map belongs to; larger is deeper.
+        module: where it is taken, for messages (``layer3.2``, ``blocks.7``).
+    """
+
+    channels: int
+    stride: float
+    level: int
+    module: str
+
+
+class FeatureBackbone(RecordsInitArgs, nn.Module, ABC):
+    """Base class of the frozen backbones: images -> feature maps described by ``feature_info``.
+
+    Subclasses set ``self.name`` (for messages), call :meth:`_describe` with the description of
+    every map they can return, freeze themselves with :meth:`_freeze`, and implement
+    :meth:`forward` returning the maps of :attr:`feature_info` (the selected levels) in its order.
+    """
+
+    name: str
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._all_info: tuple[FeatureInfo, ...] = ()
+        self._levels: tuple[int, ...] = ()
+
+    # -- description ----------------------------------------------------------------------------
+    def _describe(self, info: Sequence[FeatureInfo]) -> None:
+        """Record every map the backbone can return (all levels are selected until a model selects)."""
+        self._all_info = tuple(info)
+        self._levels = tuple(sorted({i.level for i in self._all_info}))
+
+    @property
+    def available_info(self) -> tuple[FeatureInfo, ...]:
+        """Every map the backbone can return, shallowest first."""
+        return self._all_info
+
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """The selected levels, shallowest first."""
+        return self._levels
+
+    @property
+    def feature_info(self) -> tuple[FeatureInfo, ...]:
+        """The maps :meth:`forward` returns, in its order."""
+        return tuple(i for i in self._all_info if i.level in self._levels)
+
+    @property
+    def feat_layers(self) -> list[int]:
+        """The level of each returned map (a ResNet: its stage, 1..4)."""
+        return [i.level for i in self.feature_info]
+
+    @property
+    def feat_channels(self) -> list[int]:
+        """The channels of each returned map."""
+        return [i.channels for i in self.feature_info]
+
+    def select_levels(self, count: int, needed_by: str = "the model") -> tuple[int, ...]:
+        """Return only the deepest ``count`` levels from now on; returns them, shallowest first.
+
+        Raises:
+            ValueError: the backbone has fewer levels (the message names the option that adds some).
+        """
+        available = sorted({i.level for i in self._all_info})
+        if count > len(available):
+            raise ValueError(
+                f"{needed_by} needs {count} feature levels, but backbone {self.name} has {len(available)} "
+                f"({self.describe_levels()}); give the backbone more levels (a timm backbone: "
+                "model.backbone.init_args.levels)"
+            )
+        self._levels = tuple(available[-count:])
+        return self._levels
+
+    def describe_levels(self) -> str:
+        """``level 2: 4 maps x 512 ch, stride 8; ...`` for messages and docs."""
+        parts = []
+        for level in sorted({i.level for i in self._all_info}):
+            maps = [i for i in self._all_info if i.level == level]
+            channels = sorted({i.channels for i in maps})
+            parts.append(
+                f"level {level}: {len(maps)} maps x {'/'.join(map(str, channels))} ch, stride {maps[0].stride:g}"
+            )
+        return "; ".join(parts)
+
+    # -- frozen -----------------------------------------------------------------------------------
+    def _freeze(self) -> None:
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> FeatureBackbone:
+        """Stay in eval mode: the backbone is frozen (BatchNorm statistics, dropout never change)."""
+        return super().train(False)
+
+    @abstractmethod
+    def forward(self, img: Tensor) -> list[Tensor]:
+        """ImageNet-normalised images [N, 3, H, W] -> one map [N, C_i, h_i, w_i] per ``feature_info`` entry."""
