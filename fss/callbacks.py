@@ -138,7 +138,8 @@ class TestResultsWriter(Callback):
     """Writes ``test_results.json`` (test mIoU, FB-IoU and IoU per class) into the test run directory.
 
     Runs before the task's ``on_test_epoch_end`` (which resets the metric), reading the task's
-    ``test`` metric (:class:`fss.metrics.FewShotIoU`); class names come from the data module's
+    ``test`` metrics (:class:`fss.metrics.FewShotIoU`; in FS-CS mode :class:`fss.metrics.FSCSIoU`
+    and the ER, written as ``test_er`` and ``test_miou``); class names come from the data module's
     ``class_names`` when it has them.
 
     Args:
@@ -151,7 +152,7 @@ class TestResultsWriter(Callback):
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metric = pl_module.metric("test")  # FewShotSegmentationTask.metric
-        values = {k: float(v) for k, v in metric.compute().items()}
+        values = {k: float(v) for k, v in pl_module.metric_values("test").items()}
         per_class = metric.per_class_iou().tolist()  # [num_classes], NaN for unseen classes
         names = list(getattr(trainer.datamodule, "class_names", []) or [])
         per_class_iou = {
@@ -162,5 +163,5 @@ class TestResultsWriter(Callback):
         out_dir = run_dir(trainer)  # a collective under DDP: every process asks
         if not trainer.is_global_zero:
             return
-        results = {"test_miou": values["miou"], "test_fbiou": values["fbiou"], "per_class_iou": per_class_iou}
+        results = {f"test_{k}": v for k, v in values.items()} | {"per_class_iou": per_class_iou}
         write_text(out_dir / self.filename, json.dumps(results, indent=2) + "\n")

@@ -13,7 +13,9 @@ backbone and masking are typed objects or registered names (``fss.components``):
 of fss before typed models (``model.net_options``, ``model.weights``) stop with one message that
 shows the new form; checkpoints written with them are upgraded when loaded with ``--ckpt_path``.
 The data module is any ``LightningDataModule`` given by ``data.class_path`` (``fss.data.*DataModule``).
-``model.num_classes`` is taken from the data module's ``num_classes`` when both are built.
+``model.num_classes`` is taken from the data module's ``num_classes`` when both are built, and the
+FS-CS mode from its episodes: ``model.fscs`` from ``data.fscs``, ``model.weak`` from
+``data.support_label: tag`` (docs/fscs.md).
 
 Every subcommand also builds three callbacks, configurable under their own keys:
 ``checkpoint`` (:class:`fss.checkpoint.RunCheckpoint`: ModelCheckpoint on ``val/miou``,
@@ -98,6 +100,11 @@ def _extra_commands_epilog() -> str:
     lines = ["other commands (fss COMMAND --help):"]
     lines += [f"  {name:<12} {help_}" for name, (_, help_) in sorted(EXTRA_COMMANDS.items())]
     return "\n".join(lines) if EXTRA_COMMANDS else ""
+
+
+def weak_supervision(support_label: str) -> bool:
+    """``model.weak`` from ``data.support_label``: class tags only train FS-CS with L_C."""
+    return support_label == "tag"
 
 
 class _KeepLinesHelpFormatter(DefaultHelpFormatter):
@@ -196,6 +203,11 @@ class FSSCLI(LightningCLI):
             }
         )
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        # FS-CS: the episodes decide the task's mode, and class tags only (support_label: tag) its loss
+        parser.link_arguments("data.fscs", "model.fscs", apply_on="instantiate")
+        parser.link_arguments(
+            "data.support_label", "model.weak", compute_fn=weak_supervision, apply_on="instantiate"
+        )
 
     # -- parsing ----------------------------------------------------------------------------
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

@@ -17,6 +17,15 @@ and the CLI can say ``--model.net hsnet --model.backbone resnet50 --model.maskin
 
 Logged keys: ``{train,val,test}/loss`` (epoch means), ``{train,val,test}/miou`` and
 ``{train,val,test}/fbiou`` (computed over the epoch), and ``train/loss_step``.
+
+**FS-CS mode** (``fscs``, linked from ``data.fscs``; ``docs/fscs.md``): the network runs on N-way
+episodes through the iFSL head (``fss.models.ifsl``): per-way foreground maps, the background as the
+mean over ways, class presence from the foreground maps. Training minimises L_S (the (N+1)-class NLL)
+or, with ``weak`` (linked from ``data.support_label: tag``), L_C (class tags only). Validation and
+test predict with the reference's K-shot rule. Logged: ``{train,val,test}/loss``,
+``{train,val,test}/er`` (:class:`~fss.metrics.ExactRatio`) and ``{train,val,test}/miou``
+(:class:`~fss.metrics.FSCSIoU`), both synchronised across processes. With ``fscs`` off nothing
+changes.
 """
 
 from __future__ import annotations
@@ -42,7 +51,8 @@ from fss.components import (
     describe_options,
 )
 from fss.masking import SupportMasking
-from fss.metrics import IGNORE_INDEX, FewShotIoU
+from fss.metrics import IGNORE_INDEX, ExactRatio, FewShotIoU, FSCSIoU, IgnorePixels
+from fss.models import ifsl
 from fss.models.base import aggregate_shots
 
 Stage = Literal["train", "val", "test"]
@@ -102,6 +112,15 @@ class FewShotSegmentationTask(pl.LightningModule):
         scheduler: ``none`` (constant lr, all references' shipped configs) or ``cosine``
             (``CosineAnnealingLR`` with ``T_max = trainer.max_epochs``, stepped per epoch).
         min_lr: the cosine schedule's final learning rate (``eta_min``; VAT's 1e-6).
+        fscs: FS-CS mode (N-way episodes, the iFSL head, ER and FS-CS mIoU); the CLI links it from
+            ``data.fscs``.
+        weak: in FS-CS mode, train with the classification loss L_C only (class tags, iFSL's
+            ASNet_w); the CLI links it from ``data.support_label`` (``tag``).
+        support_mask_values: in FS-CS mode, ``binary`` (0/1 support masks, as the data modules give
+            them) or ``way_index`` (way n's masks scaled to n + 1 before the network, as the iFSL
+            reference's loaders do: needed to reproduce its N > 1-way numbers exactly).
+        fscs_ignore_pixels: how the FS-CS mIoU scores ignore (255) query pixels: ``background`` (the
+            iFSL evaluator, default) or ``ignore`` (see :class:`~fss.metrics.FSCSIoU`).
     """
 
     #: hyperparameters that do not describe the network: with ``--ckpt_path`` an explicit value on the
@@ -116,6 +135,10 @@ class FewShotSegmentationTask(pl.LightningModule):
         "decoder_lr",
         "scheduler",
         "min_lr",
+        "fscs",
+        "weak",
+        "support_mask_values",
+        "fscs_ignore_pixels",
     )
     #: hyperparameters that only initialise the network: ignored when a checkpoint is loaded
     INIT_ONLY: tuple[str, ...] = ("pretrained",)
@@ -135,6 +158,10 @@ class FewShotSegmentationTask(pl.LightningModule):
         decoder_lr: float | None = None,
         scheduler: Literal["none", "cosine"] = "none",
         min_lr: float = 1e-6,
+        fscs: bool = False,
+        weak: bool = False,
+        support_mask_values: ifsl.SupportMaskValues = "binary",
+        fscs_ignore_pixels: IgnorePixels = "background",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(OBJECT_OPTIONS))  # objects: described below
@@ -149,6 +176,10 @@ class FewShotSegmentationTask(pl.LightningModule):
                 raise ValueError(f"model.{name} must be non-negative, got {value}")
         if weight_decay < 0:
             raise ValueError(f"model.weight_decay must be non-negative, got {weight_decay}")
+        if support_mask_values not in ("binary", "way_index"):
+            raise ValueError(
+                f"model.support_mask_values must be 'binary' or 'way_index', got {support_mask_values!r}"
+            )
         self.net = build_net(net, build_backbone_option(backbone), build_masking_option(masking))
         # what was built, in the config form: fss test --ckpt_path and load_from_checkpoint rebuild it
         described = describe_options(self.net)
@@ -159,9 +190,12 @@ class FewShotSegmentationTask(pl.LightningModule):
         class_weight = None if fg_weight == 1.0 else torch.tensor([1.0, fg_weight])
         self.register_buffer("class_weight", class_weight, persistent=False)
         # one metric per stage (attribute names, not a ModuleDict: "train" is a Module method)
-        self.train_iou = FewShotIoU(num_classes)
-        self.val_iou = FewShotIoU(num_classes)
-        self.test_iou = FewShotIoU(num_classes)
+        for stage in ("train", "val", "test"):
+            if fscs:
+                setattr(self, f"{stage}_iou", FSCSIoU(num_classes, ignore_pixels=fscs_ignore_pixels))
+                setattr(self, f"{stage}_er", ExactRatio())
+            else:
+                setattr(self, f"{stage}_iou", FewShotIoU(num_classes))
 
     # -- model -----------------------------------------------------------------------------
     def forward(self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor) -> Tensor:
@@ -172,14 +206,65 @@ class FewShotSegmentationTask(pl.LightningModule):
         """Cross-entropy of logits [B,2,H,W] against target [B,H,W], ignoring 255 pixels."""
         return masked_cross_entropy(logits, target, self.class_weight)
 
-    def metric(self, stage: Stage) -> FewShotIoU:
-        """The metric object of ``stage``."""
+    def metric(self, stage: Stage) -> FewShotIoU | FSCSIoU:
+        """The segmentation metric object of ``stage`` (:class:`FSCSIoU` in FS-CS mode)."""
         return getattr(self, f"{stage}_iou")
+
+    def metric_values(self, stage: Stage) -> dict[str, Tensor]:
+        """The epoch's metrics of ``stage`` (a collective under DDP: every process calls it).
+
+        ``{"miou", "fbiou"}``, or in FS-CS mode ``{"er", "miou"}`` (percent).
+        """
+        values = dict(self.metric(stage).compute())
+        if self.hparams.fscs:
+            values = {"er": getattr(self, f"{stage}_er").compute(), **values}
+        return values
+
+    # -- FS-CS ------------------------------------------------------------------------------
+    def fscs_predict(self, batch: dict[str, Any], size: tuple[int, int] | None = None) -> ifsl.FSCSPrediction:
+        """The iFSL head on an FS-CS batch (``fss/data/fscs.py``), predicted at ``size`` (the query's)."""
+        masks = batch["support_masks"]
+        if self.hparams.support_mask_values == "way_index":
+            masks = ifsl.way_index_masks(masks)
+        query_img = batch["query_img"]
+        logits = ifsl.episode_way_logits(self.net, query_img, batch["support_imgs"], masks)
+        return ifsl.predict_episode(logits, size or tuple(query_img.shape[-2:]))
+
+    def fscs_loss(self, prediction: ifsl.FSCSPrediction, batch: dict[str, Any]) -> Tensor:
+        """L_C with ``weak`` (from ``query_class_presence``), else L_S (from ``query_mask``)."""
+        if self.hparams.weak:
+            return ifsl.classification_loss(prediction.log_probs.mean(dim=2), batch["query_class_presence"])
+        return ifsl.segmentation_loss(prediction.merged, batch["query_mask"])
+
+    def _fscs_step(self, batch: dict[str, Any], stage: Stage) -> Tensor:
+        """Loss and metric updates for a batch of FS-CS episodes."""
+        if "query_class_presence" not in batch:
+            raise ValueError(
+                "model.fscs is on but the batch is not an FS-CS episode (no query_class_presence): "
+                "set data.fscs: true (the CLI links model.fscs to it)"
+            )
+        prediction = self.fscs_predict(batch)
+        loss = self.fscs_loss(prediction, batch)
+        presence, classes = batch["query_class_presence"], batch["support_classes"]
+        getattr(self, f"{stage}_er").update(prediction.presence, presence)
+        org_masks = batch.get("org_query_mask")
+        if org_masks is None or stage == "train":
+            self.metric(stage).update(prediction.mask, batch["query_mask"], classes)
+        else:  # use_original_imgsize: each episode predicted and scored at its original mask size
+            for i, org_mask in enumerate(org_masks):
+                size = tuple(org_mask.shape[-2:])
+                pred = ifsl.predict_mask_at(prediction.log_probs[i : i + 1], size)
+                self.metric(stage).update(pred, org_mask.reshape(1, *size), classes[i : i + 1])
+        return loss
 
     # -- one shared step -------------------------------------------------------------------
     def _shared_step(self, batch: dict[str, Any], stage: Stage) -> Tensor:
         """Loss (logged) and metric update for a batch of episodes (schema: ``fss/data/episode.py``)."""
         query_img = batch["query_img"]  # [B, 3, H, W]
+        if self.hparams.fscs:
+            loss = self._fscs_step(batch, stage)
+            self._log_loss(loss, stage, query_img.shape[0])
+            return loss
         support_imgs, support_masks = batch["support_imgs"], batch["support_masks"]  # [B,K,3,H,W], [B,K,H,W]
         target, class_id = batch["query_mask"], batch["class_id"]  # [B, H, W], [B]
         metric = self.metric(stage)
@@ -199,14 +284,16 @@ class FewShotSegmentationTask(pl.LightningModule):
                         shot_logits[i : i + 1], self.hparams.kshot_rule, org_mask.shape[-2:]
                     )
                     metric.update(pred, org_mask.reshape(1, *org_mask.shape[-2:]), class_id[i : i + 1])
-        batch_size = query_img.shape[0]
+        self._log_loss(loss, stage, query_img.shape[0])
+        return loss
+
+    def _log_loss(self, loss: Tensor, stage: Stage, batch_size: int) -> None:
         # {stage}/loss is the epoch mean in every stage; training also shows the per-step value
         self.log(f"{stage}/loss", loss, on_epoch=True, on_step=False, batch_size=batch_size, sync_dist=True)
         if stage == "train":
             self.log(
                 "train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size
             )
-        return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
@@ -218,7 +305,18 @@ class FewShotSegmentationTask(pl.LightningModule):
         return self._shared_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | list[Tensor]:
-        """Predicted masks: long [B, H, W], or with ``org_query_mask`` a list of B [H0, W0] masks."""
+        """Predicted masks: long [B, H, W], or with ``org_query_mask`` a list of B [H0, W0] masks.
+
+        In FS-CS mode the masks are (N+1)-class (0 background, n + 1 way n).
+        """
+        if self.hparams.fscs:
+            log_probs = self.fscs_predict(batch).log_probs
+            if batch.get("org_query_mask") is None:
+                return ifsl.predict_mask_at(log_probs, tuple(batch["query_img"].shape[-2:]))
+            return [
+                ifsl.predict_mask_at(log_probs[i : i + 1], tuple(m.shape[-2:]))[0]
+                for i, m in enumerate(batch["org_query_mask"])
+            ]
         args = (batch["query_img"], batch["support_imgs"], batch["support_masks"])
         rule = self.hparams.kshot_rule
         org_masks = batch.get("org_query_mask")
@@ -231,12 +329,14 @@ class FewShotSegmentationTask(pl.LightningModule):
 
     # -- epoch ends: compute (synchronised across processes), log, reset ---------------------
     def _log_epoch_metrics(self, stage: Stage) -> None:
-        metric = self.metric(stage)
-        values = metric.compute()  # every process calls it: it is a collective under DDP
+        values = self.metric_values(stage)  # every process calls it: it is a collective under DDP
         # the values are identical on every process; "max" returns them bit for bit (a mean may not)
-        self.log(f"{stage}/miou", values["miou"], prog_bar=stage != "train", sync_dist=True, reduce_fx="max")
-        self.log(f"{stage}/fbiou", values["fbiou"], sync_dist=True, reduce_fx="max")
-        metric.reset()
+        for key, value in values.items():
+            bar = key in ("miou", "er") and stage != "train"
+            self.log(f"{stage}/{key}", value, prog_bar=bar, sync_dist=True, reduce_fx="max")
+        self.metric(stage).reset()
+        if self.hparams.fscs:
+            getattr(self, f"{stage}_er").reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")

@@ -89,6 +89,9 @@ class FewShotSegmenter(RecordsInitArgs, nn.Module):
 
     #: the attribute (and reference checkpoint prefix) of the trainable part
     learner_name: ClassVar[str] = "learner"
+    #: other prefixes under which reference checkpoints store the learner (e.g. the iFSL FS-CS HSNet's
+    #: ``learner.``); ``load_reference_state_dict`` reads them as ``learner_name``
+    learner_aliases: ClassVar[tuple[str, ...]] = ()
     #: how many backbone levels the model reads: the deepest ``num_levels`` (HSNet, ASNet: 3; VAT: 4)
     num_levels: ClassVar[int] = 3
     #: True: the model implements ``fuse_shots`` and returns one logit map per episode
@@ -256,8 +259,9 @@ class FewShotSegmenter(RecordsInitArgs, nn.Module):
     def load_reference_state_dict(self, state_dict: dict[str, Tensor] | str | Path) -> None:
         """Load weights saved by the reference code (or a published checkpoint file).
 
-        Accepts a dict or a path; keys ``backbone.*`` (torchvision names) and
-        ``<learner_name>.*``, optionally prefixed ``module.`` (DataParallel). Backbone keys may
+        Accepts a dict or a path (a plain ``state_dict`` or a Lightning checkpoint with one); keys
+        ``backbone.*`` (torchvision names) and ``<learner_name>.*`` (or a ``learner_aliases`` prefix),
+        optionally prefixed ``module.`` (DataParallel). Backbone keys may
         be absent (published checkpoints always have them); ``backbone.fc.*`` is ignored;
         float16 tensors are cast to float32. Any other missing or unexpected key is an error.
         """
@@ -268,6 +272,9 @@ class FewShotSegmenter(RecordsInitArgs, nn.Module):
         sd = {}
         for key, value in state_dict.items():
             key = key.removeprefix("module.")
+            for alias in self.learner_aliases:
+                if key.startswith(alias + "."):
+                    key = self.learner_name + key[len(alias) :]
             if key.startswith("backbone.fc."):
                 continue
             sd[key] = value.float() if value.is_floating_point() else value

@@ -7,7 +7,7 @@ dimensions and *decoded* by 2D convolutions into 2-class logits at 1/4 of the in
 
 Module and parameter names follow the reference implementation so that its checkpoints load with
 :meth:`~fss.models.base.FewShotSegmenter.load_reference_state_dict` (learner prefix
-``hpn_learner.``).
+``hpn_learner.``; the iFSL FS-CS checkpoints' ``learner.`` is read as the same).
 """
 
 from __future__ import annotations
@@ -90,6 +90,8 @@ class HSNet(FewShotSegmenter):
     """
 
     learner_name = "hpn_learner"
+    #: the iFSL FS-CS HSNet (github.com/dahyun-kang/ifsl, fs-cs) names the same learner ``learner``
+    learner_aliases = ("learner",)
     num_levels = 3
 
     def __init__(

@@ -19,12 +19,16 @@ resolution, before any upsampling), as the reference ``fs-cs/model/ifsl.py`` com
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from fss.data.episode import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from fss.models.base import FewShotSegmenter
 
 #: ``log 0.5``: the presence threshold on the foreground log-probability
 LOG_HALF = math.log(0.5)
@@ -86,3 +90,86 @@ def classification_loss(log_probs: Tensor, presence: Tensor) -> Tensor:
     [B, N], averaged over episodes and ways (for N = 1 the reference's loss)."""
     mean = log_probs.mean(dim=(-1, -2))  # [B, N, 2]
     return F.nll_loss(mean.flatten(0, 1), presence.flatten().long())
+
+
+# -- running a few-shot segmenter on FS-CS episodes ---------------------------------------------------
+SupportMaskValues = Literal["binary", "way_index"]
+
+
+def way_index_masks(support_masks: Tensor) -> Tensor:
+    """Support masks [B, N, K, H, W] with way n's 0/1 mask scaled to hold ``n + 1``.
+
+    The iFSL reference loaders hand way n's support masks over with the value n + 1 (the query label
+    of that class), and its models use them as they are: feature masking multiplies way n's features
+    by n + 1, input masking its image. Only this reproduces its N > 1-way numbers exactly.
+    """
+    way = support_masks.shape[1]
+    scale = torch.arange(1, way + 1, dtype=support_masks.dtype, device=support_masks.device)
+    return support_masks * scale.view(1, way, *([1] * (support_masks.dim() - 2)))
+
+
+def episode_way_logits(
+    net: FewShotSegmenter, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor
+) -> Tensor:
+    """Learner logits of the query against every way of an FS-CS episode, at the learner's resolution.
+
+    One backbone call serves the query (once, whatever N and K) and all N x K supports; each way is
+    an FS-S episode of K shots for ``net.fuse_shots`` (a per-shot model: one map per shot; a model
+    that fuses its shots: one map).
+
+    Args:
+        net: any :class:`~fss.models.base.FewShotSegmenter`.
+        query_img: [B, 3, H, W].
+        support_imgs: [B, N, K, 3, H', W'].
+        support_masks: [B, N, K, H', W'] (0/1, or way-index values, see :func:`way_index_masks`).
+
+    Returns:
+        [B, N, S, 2, h, w] (S = K per-shot maps, or 1 for a model that fuses its shots).
+    """
+    if (
+        support_imgs.dim() != 6
+        or support_masks.dim() != 5
+        or support_imgs.shape[:3] != support_masks.shape[:3]
+    ):
+        raise ValueError(
+            "FS-CS episodes need support_imgs [B,N,K,3,H,W] and support_masks [B,N,K,H,W], got "
+            f"{tuple(support_imgs.shape)} and {tuple(support_masks.shape)} (data.fscs: true gives them)"
+        )
+    batch, way, shots = support_masks.shape[:3]
+    masks = support_masks.float()
+    query_feats, support_feats = net.masked_features(
+        query_img, support_imgs.flatten(0, 2), masks.flatten(0, 2)
+    )
+    query_feats = [f.repeat_interleave(way, dim=0) for f in query_feats] if way > 1 else query_feats
+    logits = net.fuse_shots(query_feats, support_feats, masks.flatten(0, 1))  # [B*N, S, 2, h, w]
+    return logits.unflatten(0, (batch, way))
+
+
+class FSCSPrediction(NamedTuple):
+    """What the iFSL head makes of an FS-CS episode's way logits (see :func:`predict_episode`)."""
+
+    #: [B, N, S, 2, h, w] per-way (background, foreground) log-probabilities at the learner's resolution
+    log_probs: Tensor
+    #: [B, N] bool: class presence (at least half of the S maps say so)
+    presence: Tensor
+    #: [B, N+1, H, W] the (N+1)-class log-probabilities at the output size, mean over the S maps
+    merged: Tensor
+    #: [B, H, W] long: the (N+1)-class prediction (argmax of ``merged``)
+    mask: Tensor
+
+
+def predict_episode(way_logits: Tensor, size: tuple[int, int]) -> FSCSPrediction:
+    """The iFSL head on way logits [B, N, S, 2, h, w]: presence, (N+1)-class log-probabilities at
+    ``size`` and the predicted mask (the reference's 1-shot path for S = 1, its K-shot rule else)."""
+    log_probs = way_log_probs(way_logits)
+    per_map = log_probs.transpose(1, 2)  # [B, S, N, 2, h, w]
+    presence = presence_from_log_probs(per_map)  # [B, S, N]
+    merged = upsample(merge_ways(per_map), size)  # [B, S, N+1, H, W]
+    presence, mask = aggregate_shots(presence, merged)
+    return FSCSPrediction(log_probs, presence, merged.mean(dim=1), mask)
+
+
+def predict_mask_at(log_probs: Tensor, size: tuple[int, int]) -> Tensor:
+    """(N+1)-class prediction [B, H, W] at ``size`` from way log-probabilities [B, N, S, 2, h, w]
+    (the mean of the S maps' resized (N+1)-class log-probabilities, as :func:`predict_episode`)."""
+    return upsample(merge_ways(log_probs.transpose(1, 2)), size).mean(dim=1).argmax(dim=1)
