@@ -8,8 +8,10 @@ The reference code is *not* part of this repository. Clone it and point this scr
     FSS_FSCS_REF=/tmp/fscs_reference.pt pytest tests/models/test_fscs.py
 
 It builds each reference network of ``fs-cs/model`` (``hsnet``, ``asnet``, ``asnethm``; ASNet also
-with ``--weak``) with random learner weights (``torch.manual_seed(0)``), loads the golden random
-ResNet-50 (``/work/shared/golden`` or ``--golden``, see its README) and runs, on the golden inputs
+with ``--weak``), loads the golden random ResNet-50 (``/work/shared/golden`` or ``--golden``, see its
+README) and the golden random learner weights (``hsnet_resnet50.pt`` for HSNet, ``asnet_resnet50.pt``
+for ASNet and ASNet-HM: the FS-CS learners are the FS-S ones; ``--learner seed`` instead draws them
+with ``torch.manual_seed(0)``) and runs, on the golden inputs
 (two 400 x 400 queries with three supports each), in the reference's training-mode upsampling (to the
 400 px query, which is also the original size here):
 
@@ -78,7 +80,22 @@ def fscs_supports(
     return imgs, masks
 
 
-def run(ifsl: Path, golden: Path) -> dict[str, object]:
+#: reference method -> (golden file, prefix of its learner keys)
+GOLDEN_LEARNERS = {
+    "hsnet": ("hsnet_resnet50.pt", "hpn_learner."),
+    "asnet": ("asnet_resnet50.pt", "learner."),
+    "asnethm": ("asnet_resnet50.pt", "learner."),
+}
+
+
+def golden_learner(golden: Path, method: str) -> dict[str, Tensor]:
+    """The golden random learner weights of ``method`` (float32, keys relative to the learner)."""
+    file, prefix = GOLDEN_LEARNERS[method]
+    state = torch.load(golden / file, weights_only=True)["learner_state_dict_fp16"]
+    return {k.removeprefix(prefix): v.float() for k, v in state.items()}
+
+
+def run(ifsl: Path, golden: Path, learner: str = "golden") -> dict[str, object]:
     """The outputs (see the module docstring) of every reference model on the golden inputs."""
     inputs = torch.load(golden / "inputs.pt", weights_only=True)
     backbone = {
@@ -96,6 +113,8 @@ def run(ifsl: Path, golden: Path) -> dict[str, object]:
                 torch.manual_seed(0)
                 model = cls(args)
                 model.backbone.load_state_dict(backbone)
+                if learner == "golden":
+                    model.learner.load_state_dict(golden_learner(golden, method))
                 model.train()
                 model.backbone.eval()  # train-mode upsampling: to the query's 400 px
                 out[f"{name}/learner_state_dict"] = {
@@ -104,7 +123,7 @@ def run(ifsl: Path, golden: Path) -> dict[str, object]:
                 for case, layout in LAYOUTS.items():
                     way, shot = len(layout), len(layout[0])
                     model.way = model.learner.way = model.args.way = way
-                    for masks_kind in ("binary", "indexed"):
+                    for masks_kind in ("binary", "indexed") if way > 1 else ("binary",):
                         imgs, masks = fscs_supports(
                             support_imgs, support_masks, layout, masks_kind == "indexed"
                         )
@@ -133,12 +152,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--golden", type=Path, default=Path(default_golden), help="the golden inputs")
     parser.add_argument("--out", type=Path, required=True, help="where to save the outputs (torch.save)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument(
+        "--learner", choices=("golden", "seed"), default="golden", help="learner weights (see above)"
+    )
     args = parser.parse_args(argv)
     if not (args.ifsl / "fs-cs" / "model" / "ifsl.py").is_file():
         parser.error(f"--ifsl {args.ifsl} is not a clone of the iFSL repository (no fs-cs/model/ifsl.py)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.save(run(args.ifsl, args.golden), args.out)
+    torch.save(run(args.ifsl, args.golden, args.learner), args.out)
     print(f"saved {args.out}")
 
 
