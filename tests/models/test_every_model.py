@@ -88,3 +88,38 @@ def test_levels_come_from_the_backbone_description(name: str) -> None:
         available = sorted({i.level for i in net.backbone.available_info})
         assert net.levels == tuple(available[-net.num_levels :])
         assert {i.level for i in net.backbone.feature_info} == set(net.levels)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fscs_episode_through_the_ifsl_head(name: str) -> None:
+    """Every model runs 2-way 2-shot FS-CS episodes: presence, (N+1)-class masks, L_S gradients.
+
+    The head only reads the network's masked features and logits, so one masking (HM, which needs
+    both backbone passes) stands for all here; the parity tests (``test_fscs.py``) cover FM, none and
+    HM against the reference, and the test above every strategy in every model.
+
+    The ways do not interact: each way's logits equal those of the way run alone (one backbone call
+    serves all ways, the query's features repeated per way).
+    """
+    from fss.models.ifsl import episode_way_logits, predict_episode, segmentation_loss
+
+    net = build(name, "hm", "resnet").train()
+    shots = 1 if name == "vat" else 2  # VAT's cost: one shot per way
+    query, supports, masks = episode(shots=2 * shots)
+    supports = supports.view(1, 2, shots, 3, SIZE, SIZE)
+    masks = masks.view(1, 2, shots, SIZE, SIZE)
+    masks[:, 1, :, : SIZE // 2] = 0  # the two ways differ
+    logits = episode_way_logits(net, query, supports, masks)  # [1, 2, S, 2, h, w]
+    assert logits.shape[:3] == (1, 2, 1 if net.fuses_shots else shots)
+    with torch.no_grad():
+        alone = episode_way_logits(net, query, supports[:, 1:], masks[:, 1:])
+    torch.testing.assert_close(logits.detach()[:, 1:], alone, rtol=1e-4, atol=1e-5)
+
+    prediction = predict_episode(logits, (SIZE, SIZE))
+    assert prediction.presence.shape == (1, 2) and prediction.presence.dtype == torch.bool
+    assert prediction.mask.shape == (1, SIZE, SIZE) and int(prediction.mask.max()) <= 2
+    target = torch.zeros(1, SIZE, SIZE, dtype=torch.long)
+    target[:, : SIZE // 2] = 1
+    segmentation_loss(prediction.merged, target).backward()
+    grads = [p.grad for p in net.learner.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
