@@ -310,11 +310,16 @@ class ImageEpisodeDataset(EpisodicDataset):
     def load_pair(
         self, item: Any, class_id: int, query: bool, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Image [H, W, 3] and target map [H, W] of ``item``, augmented for training."""
+        """Image [H, W, 3] and target map of ``item``, augmented for training.
+
+        The target map keeps its own size (the references resize a mask straight to ``img_size``,
+        even when it is not the size of its image), except under augmentation, which needs the two
+        aligned: there it is first resized to the image (nearest).
+        """
         image = self.load_image(item)
-        target = match_size(self.load_target(item, class_id, query), image)
+        target = self.load_target(item, class_id, query)
         if self.augmenter.enabled:
-            image, target = self.augmenter(rng, image, target)
+            image, target = self.augmenter(rng, image, match_size(target, image))
         return image, target
 
     def make_episode(self, rng: np.random.Generator, index: int) -> Episode:
@@ -332,6 +337,7 @@ class ImageEpisodeDataset(EpisodicDataset):
             query_name=self.item_name(query),
             support_names=[self.item_name(item) for item in supports],
             keep_original_mask=self.use_original_imgsize,
+            resize=self.resize,
         )
 
     # ------------------------------------------------------------------ inspection
