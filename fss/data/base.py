@@ -102,9 +102,6 @@ class EpisodicDataset(Dataset[Episode], ABC):
 
     #: ``mask`` or ``bbox`` (see the class docstring); a class default so subclasses need not forward it
     support_label: str = "mask"
-    #: ``pil`` or ``opencv``: whose image resizing and normalisation to reproduce
-    #: (:mod:`fss.data.transforms`); set by the data module
-    resize: str = "pil"
 
     #: total number of classes of the benchmark (size of the metric state)
     num_classes: ClassVar[int]
