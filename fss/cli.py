@@ -11,11 +11,12 @@ The model is always :class:`fss.task.FewShotSegmentationTask` (options ``--model
 module is any ``LightningDataModule`` given by ``data.class_path`` (``fss.data.*DataModule``).
 ``model.num_classes`` is taken from the data module's ``num_classes`` when both are built.
 
-Every subcommand also builds three callbacks, configurable under their own keys:
+Every subcommand also builds four callbacks, configurable under their own keys:
 ``checkpoint`` (ModelCheckpoint on ``val/miou``, ``best-{epoch}.ckpt`` and ``last.ckpt``),
 ``early_stopping`` (EarlyStopping on ``val/miou``, ``--early_stopping.patience``, default 20; a
-patience above ``max_epochs`` disables it) and ``best_epoch``
-(:class:`fss.callbacks.BestEpochTracker`, writes ``best.json``).
+patience above ``max_epochs`` disables it), ``best_epoch``
+(:class:`fss.callbacks.BestEpochTracker`, writes ``best.json``) and ``test_results``
+(:class:`fss.callbacks.TestResultsWriter`, writes ``test_results.json`` after a test).
 Other defaults: ``seed_everything: 0``, ``trainer.default_root_dir: runs`` and
 ``trainer.use_distributed_sampler: false`` (the episode samplers shard episodes over processes
 themselves).
@@ -40,7 +41,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 
-from fss.callbacks import BestEpochTracker
+from fss.callbacks import BestEpochTracker, TestResultsWriter
 from fss.task import FewShotSegmentationTask
 
 #: extra commands: name -> ("module:function", one-line help). The function takes the remaining
@@ -75,6 +76,7 @@ class FSSCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(EarlyStopping, "early_stopping")
         parser.add_lightning_class_args(BestEpochTracker, "best_epoch")
+        parser.add_lightning_class_args(TestResultsWriter, "test_results")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/miou",

@@ -563,8 +563,8 @@ class FileDataModule(EpisodicDataModule):
             "val_fraction": self.val_fraction,
         }
 
-    def build_dataset(self, split: str) -> EpisodicDataset:
-        dataset = super().build_dataset(split)
+    def build_dataset(self, split: str, seed: int | None = None) -> EpisodicDataset:
+        dataset = super().build_dataset(split, seed)
         if isinstance(dataset, ImageEpisodeDataset):
             dataset.sequence  # noqa: B018 - computed now, before workers and processes copy the dataset
         return dataset

@@ -164,11 +164,11 @@ def normalization_table(resize: ResizeMethod = "pil") -> np.ndarray:
 
 def normalize_uint8(img: np.ndarray, resize: ResizeMethod = "pil") -> Tensor:
     """ImageNet-normalise a uint8 image [H, W, 3] into float32 [3, H, W] (a table lookup, exact)."""
+    import cv2
+
     table = normalization_table(resize)
-    out = np.empty((3, *img.shape[:2]), dtype=np.float32)
-    for c in range(3):
-        np.take(table[c], img[:, :, c], out=out[c])
-    return torch.from_numpy(out)
+    channels = cv2.split(np.ascontiguousarray(img))
+    return torch.from_numpy(np.stack([cv2.LUT(channels[c], table[c]) for c in range(3)]))
 
 
 def normalize_image(img: Tensor) -> Tensor:
