@@ -184,7 +184,8 @@ def make_random_checkpoint(args: argparse.Namespace, path: Path) -> Path:
     FSSDataset = importlib.import_module("data.dataset").FSSDataset  # noqa: N806
     FSSDataset.initialize(img_size=args.img_size, datapath=str(args.root), use_original_imgsize=False)
     dataset = FSSDataset.build_dataloader(args.benchmark, 1, 0, args.fold, "test", args.shot).dataset
-    episode = dataset[0]  # draws from NumPy's global RNG; the test loop reseeds it
+    importlib.import_module("common.utils").fix_randseed(0)  # the episode's supports: a fixed draw
+    episode = dataset[0]  # (the test loop reseeds NumPy's global RNG itself)
     return random_checkpoint(reference_network(args.masking, args.backbone, False), episode, path)
 
 
@@ -220,7 +221,8 @@ def run_fss(args: argparse.Namespace, device: torch.device, ckpt: Path, split_di
     argv = ["test", "--config", str(config)]
     for key, value in options.items():
         argv += [f"--{key}", value]
-    cli = build_cli(argv)
+    with mock.patch.object(sys, "argv", ["fss"]):  # LightningCLI warns when sys.argv holds other arguments
+        cli = build_cli(argv)
     return {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k in ("test/miou", "test/fbiou")}
 
 

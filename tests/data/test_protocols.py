@@ -287,3 +287,20 @@ def test_bad_options_name_the_option(fixture) -> None:
         build(fixture, "pascal", val_fraction=1.0)
     with pytest.raises(ValueError, match="boundary must be 'reference', 'ignore' or 'background'"):
         build(fixture, "pascal", boundary="void")
+
+
+def test_the_file_options_are_typed_and_documented_in_every_file_module() -> None:
+    from jsonargparse import ArgumentParser
+
+    from fss.data import COCO20iDataModule, FSS1000DataModule, PascalDataModule
+
+    for cls in (PascalDataModule, COCO20iDataModule, FSS1000DataModule):
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(cls, "data")
+        actions = {action.dest: action for action in parser._actions}
+        for name in ("resize", "episode_order", "boundary", "val_fraction", "test_seeds"):
+            assert actions[f"data.{name}"].help, (cls.__name__, name)
+        defaults = parser.get_defaults().data
+        assert (defaults.resize, defaults.episode_order, defaults.boundary) == ("pil", "fss", "reference")
+        with pytest.raises(Exception, match="hsnet2"):
+            parser.parse_args(["--data.root", "x", "--data.episode_order", "hsnet2"])
