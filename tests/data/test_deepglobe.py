@@ -191,7 +191,9 @@ def test_prepare_resumes_and_refuses_to_write_into_the_source(
     assert {k: v[0] for k, v in digests(dst / "Deepglobe").items()} == {k: v[0] for k, v in first.items()}
     assert not list(dst.rglob(".*.tmp*"))  # no temporary file left behind
     assert first  # some patches were written
-    assert prepare_main(["deepglobe", "--src", str(src), "--dst", str(src / "out")]) == 1
+    from fss.cli import main as fss_main  # the same command through `fss data prepare`
+
+    assert fss_main(["data", "prepare", "deepglobe", "--src", str(src), "--dst", str(src / "out")]) == 1
     assert "lies in --src" in capsys.readouterr().err
     with pytest.raises(PrepareError, match="no <id>_sat.jpg tiles"):
         prepare_deepglobe(tmp_path / "cdfss", tmp_path / "elsewhere")
