@@ -17,12 +17,13 @@ The data module is any ``LightningDataModule`` given by ``data.class_path`` (``f
 FS-CS mode from its episodes: ``model.fscs`` from ``data.fscs``, ``model.weak`` from
 ``data.support_label: tag`` (docs/fscs.md).
 
-Every subcommand also builds three callbacks, configurable under their own keys:
+Every subcommand also builds four callbacks, configurable under their own keys:
 ``checkpoint`` (:class:`fss.checkpoint.RunCheckpoint`: ModelCheckpoint on ``val/miou``,
 ``best-{epoch}.ckpt``, and ``last.ckpt`` at the end of every finished epoch),
 ``early_stopping`` (EarlyStopping on ``val/miou``, ``--early_stopping.patience``, default 20; a
-patience above ``max_epochs`` disables it) and ``best_epoch``
-(:class:`fss.callbacks.BestEpochTracker`, writes ``best.json``).
+patience above ``max_epochs`` disables it), ``best_epoch``
+(:class:`fss.callbacks.BestEpochTracker`, writes ``best.json``) and ``test_results``
+(:class:`fss.callbacks.TestResultsWriter`, writes ``test_results.json`` after a test).
 Other defaults: ``seed_everything: 0``, ``trainer.default_root_dir: runs`` and
 ``trainer.use_distributed_sampler: false`` (the episode samplers shard episodes over processes
 themselves).
@@ -67,7 +68,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fss.atomic import AtomicCheckpointIO
 from fss.backbones import backbone_spec
-from fss.callbacks import BestEpochTracker
+from fss.callbacks import BestEpochTracker, TestResultsWriter
 from fss.checkpoint import (
     SPECIAL_CKPT_PATHS,
     CheckpointError,
@@ -85,7 +86,14 @@ from fss.task import FewShotSegmentationTask
 #: extra commands: name -> ("module:function", one-line help). The function takes the remaining
 #: arguments (list[str]) and returns an exit code (or None). Add a command with one line here.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("fss.data.check:main", "dataset tools: fss data check --config X.yaml"),
+    "data": (
+        "fss.data.prepare:data_main",
+        "dataset tools: fss data check --config X.yaml | fss data prepare deepglobe|isic --src D --dst R",
+    ),
+    "crossdomain": (
+        "fss.crossdomain:main",
+        "test one checkpoint on every cross-domain target: fss crossdomain --config configs/crossdomain.yaml",
+    ),
     "study": ("fss.study:main", "convergence-speed study: fss study --config configs/study_demo.yaml"),
     "pretrain": (
         "fss.pretrain:main",
@@ -188,6 +196,7 @@ class FSSCLI(LightningCLI):
             help="seconds a distributed collective waits for the other processes before the run fails "
             "with a message (raise it when a rank legitimately needs longer, e.g. a slow disk)",
         )
+        parser.add_lightning_class_args(TestResultsWriter, "test_results")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/miou",

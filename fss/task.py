@@ -16,7 +16,11 @@ and the CLI can say ``--model.net hsnet --model.backbone resnet50 --model.maskin
   group from its lr to ``min_lr`` over ``trainer.max_epochs`` epochs, stepped once per epoch.
 
 Logged keys: ``{train,val,test}/loss`` (epoch means), ``{train,val,test}/miou`` and
-``{train,val,test}/fbiou`` (computed over the epoch), and ``train/loss_step``.
+``{train,val,test}/fbiou`` (computed over the epoch), and ``train/loss_step``. The test also logs
+the IoU of every class (``test/iou/<class>``) and, when the data module evaluates several episode
+sets (``data.test_seeds``), each set's values (``test/seed<s>/miou``, ``test/seed<s>/fbiou``) and
+their spread (``test/miou_std``, ``test/miou_ci95_low``, ``test/miou_ci95_high``, and for FB-IoU);
+``test/miou`` is then the mean over the sets. See :func:`fss.metrics.summarize`.
 
 **FS-CS mode** (``fscs``, linked from ``data.fscs``; ``docs/fscs.md``): the network runs on N-way
 episodes through the iFSL head (``fss.models.ifsl``): per-way foreground maps, the background as the
@@ -30,6 +34,7 @@ changes.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Literal
 
@@ -51,7 +56,15 @@ from fss.components import (
     describe_options,
 )
 from fss.masking import SupportMasking
-from fss.metrics import IGNORE_INDEX, ExactRatio, FewShotIoU, FSCSIoU, IgnorePixels
+from fss.metrics import (
+    IGNORE_INDEX,
+    ExactRatio,
+    FewShotIoU,
+    FSCSIoU,
+    IgnorePixels,
+    logged_values,
+    summarize,
+)
 from fss.models import ifsl
 from fss.models.base import aggregate_shots
 
@@ -196,6 +209,31 @@ class FewShotSegmentationTask(pl.LightningModule):
                 setattr(self, f"{stage}_er", ExactRatio())
             else:
                 setattr(self, f"{stage}_iou", FewShotIoU(num_classes))
+        #: names of the test episode sets (``data.test_seeds``), ``None`` for one set
+        self.test_set_labels: list[str] | None = None
+
+    def setup(self, stage: str) -> None:
+        """Before a test: one metric slot per test episode set of the data module (``test_set_labels``)."""
+        if stage != "test":
+            return
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        labels = getattr(datamodule, "test_set_labels", None)
+        if self.hparams.fscs:
+            if labels and len(labels) > 1:
+                raise ValueError(
+                    "data.test_seeds with several episode sets is not supported with FS-CS episodes "
+                    "(data.fscs: true) yet: test one seed per run"
+                )
+            return
+        self.test_set_labels = list(labels) if labels else None
+        num_sets = len(labels) if labels else 1
+        if self.test_iou.num_sets != num_sets:
+            self.test_iou = FewShotIoU(self.hparams.num_classes, num_sets=num_sets)
+
+    def class_names(self) -> list[str]:
+        """The data module's class names (empty without one)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return list(getattr(datamodule, "class_names", None) or [])
 
     # -- model -----------------------------------------------------------------------------
     def forward(self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor) -> Tensor:
@@ -221,6 +259,14 @@ class FewShotSegmentationTask(pl.LightningModule):
         return values
 
     # -- FS-CS ------------------------------------------------------------------------------
+    def fscs_summary(self, stage: Stage, class_names: list[str]) -> dict[str, Any]:
+        """``{"test_er", "test_miou", "per_class_iou": {class: IoU}}`` of an FS-CS stage, plain numbers
+        (a collective under DDP: every process calls it); for ``test_results.json``."""
+        values = {f"test_{k}": float(v) for k, v in self.metric_values(stage).items()}
+        per_class = self.metric(stage).per_class_iou().tolist()
+        names = [class_names[c] if c < len(class_names) else str(c) for c in range(len(per_class))]
+        return values | {"per_class_iou": {names[c]: v for c, v in enumerate(per_class) if not math.isnan(v)}}
+
     def fscs_predict(self, batch: dict[str, Any], size: tuple[int, int] | None = None) -> ifsl.FSCSPrediction:
         """The iFSL head on an FS-CS batch (``fss/data/fscs.py``), predicted at ``size`` (the query's)."""
         masks = batch["support_masks"]
@@ -267,6 +313,7 @@ class FewShotSegmentationTask(pl.LightningModule):
             return loss
         support_imgs, support_masks = batch["support_imgs"], batch["support_masks"]  # [B,K,3,H,W], [B,K,H,W]
         target, class_id = batch["query_mask"], batch["class_id"]  # [B, H, W], [B]
+        episode_set = batch.get("episode_set")  # [B] with several test episode sets, else None
         metric = self.metric(stage)
         if stage == "train":
             logits = self.net(query_img, support_imgs, support_masks)
@@ -277,13 +324,17 @@ class FewShotSegmentationTask(pl.LightningModule):
             loss = self.loss(shot_logits.mean(dim=1), target)
             org_masks = batch.get("org_query_mask")
             if org_masks is None:
-                metric.update(aggregate_shots(shot_logits, self.hparams.kshot_rule), target, class_id)
+                pred = aggregate_shots(shot_logits, self.hparams.kshot_rule)
+                metric.update(pred, target, class_id, episode_set)
             else:  # use_original_imgsize: predict each episode at its original mask size
                 for i, org_mask in enumerate(org_masks):
                     pred = aggregate_shots(
                         shot_logits[i : i + 1], self.hparams.kshot_rule, org_mask.shape[-2:]
                     )
-                    metric.update(pred, org_mask.reshape(1, *org_mask.shape[-2:]), class_id[i : i + 1])
+                    one_set = None if episode_set is None else episode_set[i : i + 1]
+                    metric.update(
+                        pred, org_mask.reshape(1, *org_mask.shape[-2:]), class_id[i : i + 1], one_set
+                    )
         self._log_loss(loss, stage, query_img.shape[0])
         return loss
 
@@ -329,14 +380,25 @@ class FewShotSegmentationTask(pl.LightningModule):
 
     # -- epoch ends: compute (synchronised across processes), log, reset ---------------------
     def _log_epoch_metrics(self, stage: Stage) -> None:
-        values = self.metric_values(stage)  # every process calls it: it is a collective under DDP
-        # the values are identical on every process; "max" returns them bit for bit (a mean may not)
-        for key, value in values.items():
-            bar = key in ("miou", "er") and stage != "train"
-            self.log(f"{stage}/{key}", value, prog_bar=bar, sync_dist=True, reduce_fx="max")
-        self.metric(stage).reset()
+        metric = self.metric(stage)
+        # every process computes (a collective under DDP); the values are then identical on every
+        # process, and "max" returns them bit for bit (a mean may not)
         if self.hparams.fscs:
+            for key, value in self.metric_values(stage).items():
+                bar = key in ("miou", "er") and stage != "train"
+                self.log(f"{stage}/{key}", value, prog_bar=bar, sync_dist=True, reduce_fx="max")
             getattr(self, f"{stage}_er").reset()
+        elif stage == "test":
+            summary = summarize(metric, self.test_set_labels, self.class_names())
+            for key, value in logged_values(summary, stage).items():
+                self.log(key, value, sync_dist=True, reduce_fx="max")
+        else:
+            values = metric.compute()
+            self.log(
+                f"{stage}/miou", values["miou"], prog_bar=stage != "train", sync_dist=True, reduce_fx="max"
+            )
+            self.log(f"{stage}/fbiou", values["fbiou"], sync_dist=True, reduce_fx="max")
+        metric.reset()
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")

@@ -15,6 +15,8 @@ key                    shape / type         meaning
 ``org_query_imsize``   long [2]             the query's original (height, width), before resizing
 ``org_query_mask``     long [H0, W0]        optional: the query mask at its original size
                                             (only with ``use_original_imgsize``; batch size 1)
+``episode_set``        long []              optional: which of several test episode sets the episode
+                                            belongs to (only with ``data.test_seeds``)
 =====================  ===================  ==========================================================
 
 :func:`collate_episodes` batches B episodes: tensors gain a leading batch dimension (``query_img``
@@ -65,9 +67,10 @@ class _EpisodeRequired(TypedDict):
 
 
 class Episode(_EpisodeRequired, total=False):
-    """One few-shot episode (see the module docstring for shapes); ``org_query_mask`` is optional."""
+    """One few-shot episode (see the module docstring for shapes); the last keys are optional."""
 
     org_query_mask: Tensor
+    episode_set: Tensor
 
 
 class EpisodeBatch(TypedDict, total=False):
@@ -82,6 +85,7 @@ class EpisodeBatch(TypedDict, total=False):
     support_names: list[list[str]]
     org_query_imsize: Tensor
     org_query_mask: Tensor | list[Tensor]
+    episode_set: Tensor
 
 
 def check_episode(episode: Episode, shot: int | None = None, img_size: int | None = None) -> None:

@@ -57,7 +57,7 @@ from PIL import Image
 from torch import Tensor
 
 from fss.data.episode import IGNORE_INDEX
-from fss.data.transforms import image_tensor, resize_label, support_mask_tensor, to_label_tensor
+from fss.data.transforms import ResizeMethod, image_tensor, resize_label, support_mask_tensor, to_label_tensor
 
 #: the keys every FS-CS episode has (``org_query_mask`` is optional)
 FSCS_EPISODE_KEYS: tuple[str, ...] = (
@@ -178,6 +178,7 @@ def build_fscs_episode(
     query_name: str,
     support_names: Sequence[Sequence[str]],
     keep_original_mask: bool = False,
+    resize: ResizeMethod = "pil",
 ) -> FSCSEpisode:
     """Assemble an :class:`FSCSEpisode` from raw images and target maps.
 
@@ -190,6 +191,8 @@ def build_fscs_episode(
         img_size: side of the square model input.
         query_name, support_names: identifiers (N lists of K support names).
         keep_original_mask: also return ``org_query_mask`` (the target at its own size).
+        resize: ``pil`` or ``opencv``: whose resizing and normalisation to reproduce
+            (:func:`fss.data.transforms.build_episode`).
     """
     way = len(support_classes)
     if not (len(support_imgs) == len(support_targets) == len(support_names) == way) or way == 0:
@@ -202,13 +205,13 @@ def build_fscs_episode(
         raise ValueError(f"build_fscs_episode: every way needs the same number (>= 1) of shots, got {shots}")
     target = to_label_tensor(query_target)
     episode: FSCSEpisode = {
-        "query_img": image_tensor(query_img, img_size),
-        "query_mask": resize_label(target, img_size),
+        "query_img": image_tensor(query_img, img_size, resize),
+        "query_mask": resize_label(target, img_size, resize),
         "support_imgs": torch.stack(
-            [torch.stack([image_tensor(img, img_size) for img in imgs]) for imgs in support_imgs]
+            [torch.stack([image_tensor(img, img_size, resize) for img in imgs]) for imgs in support_imgs]
         ),
         "support_masks": torch.stack(
-            [torch.stack([support_mask_tensor(t, img_size) for t in ts]) for ts in support_targets]
+            [torch.stack([support_mask_tensor(t, img_size, resize) for t in ts]) for ts in support_targets]
         ),
         "support_classes": torch.tensor(list(support_classes), dtype=torch.long),
         "query_class_presence": torch.tensor(class_presence(target, way), dtype=torch.bool),
@@ -252,6 +255,7 @@ def make_image_fscs_episode(dataset: Any, rng: np.random.Generator, index: int, 
         query_name=dataset.item_name(query),
         support_names=[[dataset.item_name(item) for item in items] for items in supports],
         keep_original_mask=dataset.use_original_imgsize,
+        resize=getattr(dataset, "resize", "pil"),
     )
 
 

@@ -31,6 +31,11 @@ Val/test: 1000 episodes per fold by default; training: one epoch = ``len(list)``
 
 Cross-domain (``class_split: coco2pascal``): test-only; fold ``i``'s classes are the PASCAL classes
 whose COCO counterpart lies in COCO-20i's interleaved fold ``i``, over the pairs of all four val lists.
+
+Cross-domain source (``class_split: all``, PATNet's ``--fold 4``): training episodes use all 20 classes
+over the ``trn`` lists of all four folds; val/test all 20 classes over all four ``val`` lists (``fold``
+is ignored). PATNet selects its checkpoint on FSS-1000's val classes instead; here validation stays
+on PASCAL.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import numpy as np
 
 from fss.data.base import contiguous_fold_class_ids
 from fss.data.common import (
+    Boundary,
     DatasetLayoutError,
     FileDataModule,
     ImageEpisodeDataset,
@@ -65,7 +71,7 @@ PASCAL_CLASSES: tuple[str, ...] = (
 #: the 1-based COCO class index (in COCO's category order) of each PASCAL class
 PASCAL_TO_COCO: tuple[int, ...] = (5, 2, 15, 9, 40, 6, 3, 16, 57, 20, 61, 17, 18, 4, 1, 59, 19, 58, 7, 63)
 
-PascalClassSplit = Literal["standard", "coco2pascal"]
+PascalClassSplit = Literal["standard", "coco2pascal", "all"]
 
 LAYOUT = """  <root>/VOC2012/JPEGImages/<name>.jpg
   <root>/VOC2012/SegmentationClassAug/<name>.png   (class index per pixel, 255 on boundaries)
@@ -82,7 +88,9 @@ def coco2pascal_class_ids(fold: int) -> list[int]:
 
 
 def pascal_class_ids(split: str, fold: int, class_split: PascalClassSplit) -> list[int]:
-    """The classes of ``split`` for ``fold`` under ``class_split`` (``standard`` or ``coco2pascal``)."""
+    """The classes of ``split`` for ``fold`` under ``class_split`` (``standard``, ``coco2pascal``, ``all``)."""
+    if class_split == "all":
+        return list(range(20))
     if class_split == "standard":
         held_out = contiguous_fold_class_ids(20, 4, fold)
         return [c for c in range(20) if c not in held_out] if split == "train" else held_out
@@ -93,7 +101,7 @@ def pascal_class_ids(split: str, fold: int, class_split: PascalClassSplit) -> li
                 "fss fit --config configs/coco_hsnet_hm.yaml --data.fold i)"
             )
         return coco2pascal_class_ids(fold)
-    raise ValueError(f"data.class_split must be 'standard' or 'coco2pascal', got {class_split!r}")
+    raise ValueError(f"data.class_split must be 'standard', 'coco2pascal' or 'all', got {class_split!r}")
 
 
 def resolve_voc_root(root: str | Path) -> Path:
@@ -166,13 +174,16 @@ class Pascal5iDataset(ImageEpisodeDataset):
         split_dir: folder with the standard lists ``{trn,val}/fold{i}.txt``; ``None`` generates them.
         class_split: ``standard`` (PASCAL-5i folds) or ``coco2pascal`` (cross-domain test classes).
         min_fg_pixels: generated lists keep pairs with at least this many class pixels.
-        augment, augment_config: training augmentation (see :class:`fss.data.common.Augmenter`).
+        **kwargs: the options of :class:`~fss.data.common.ImageEpisodeDataset` (augmentation, resizing,
+            episode order, boundary pixels, validation part).
     """
 
     num_classes: ClassVar[int] = 20
     class_names: ClassVar[tuple[str, ...]] = PASCAL_CLASSES
     num_folds: ClassVar[int] = 4
     display_name = "PASCAL-5i"
+    #: HSNet (and ASNet, VAT) score val/test with boundaries ignored but train on them as background
+    reference_boundary: ClassVar[dict[str, Boundary]] = {"train": "background", "eval": "ignore"}
 
     def __init__(
         self,
@@ -187,8 +198,7 @@ class Pascal5iDataset(ImageEpisodeDataset):
         split_dir: str | Path | None = None,
         class_split: PascalClassSplit = "standard",
         min_fg_pixels: int = 0,
-        augment: bool = False,
-        augment_config: str | None = None,
+        **kwargs: Any,
     ) -> None:
         self.class_split = class_split
         super().__init__(
@@ -199,8 +209,7 @@ class Pascal5iDataset(ImageEpisodeDataset):
             seed=seed,
             img_size=img_size,
             use_original_imgsize=use_original_imgsize,
-            augment=augment,
-            augment_config=augment_config,
+            **kwargs,
         )
         self.voc = resolve_voc_root(root)
         self.split_dir = Path(split_dir).expanduser() if split_dir is not None else None
@@ -220,7 +229,7 @@ class Pascal5iDataset(ImageEpisodeDataset):
 
     # ------------------------------------------------------------------ episode lists
     def _list_folds(self) -> list[int]:
-        if self.class_split == "coco2pascal":
+        if self.class_split in ("coco2pascal", "all"):
             return [0, 1, 2, 3]
         return [f for f in range(4) if f != self.fold] if self.split == "train" else [self.fold]
 
@@ -253,6 +262,9 @@ class Pascal5iDataset(ImageEpisodeDataset):
     def pick_query(self, rng: np.random.Generator, index: int) -> tuple[str, int]:
         return self.pairs[query_position(index, self.num_episodes, len(self.pairs))]
 
+    def reference_query(self, rs: np.random.RandomState, index: int) -> tuple[str, int]:
+        return self.pairs[index % len(self.pairs)]  # HSNet: idx %= len(list); nothing drawn
+
     def image_path(self, name: str) -> Path:
         return self.voc / "JPEGImages" / f"{name}.jpg"
 
@@ -265,7 +277,8 @@ class Pascal5iDataset(ImageEpisodeDataset):
     def load_target(self, item: str, class_id: int, query: bool) -> np.ndarray:
         label = read_label(self.mask_path(item))
         target = (label == class_id + 1).astype(np.uint8)
-        target[label == IGNORE_INDEX] = IGNORE_INDEX
+        if self.ignores_boundary():
+            target[label == IGNORE_INDEX] = IGNORE_INDEX
         return target
 
     def item_name(self, item: str) -> str:
@@ -282,7 +295,8 @@ class PascalDataModule(FileDataModule):
         root: folder containing ``VOC2012`` (JPEGImages, SegmentationClassAug, ImageSets).
         split_dir: folder with the standard lists ``{trn,val}/fold{i}.txt`` (``<image>__<cc>`` lines);
             ``null`` generates lists from the masks (cached, with a warning).
-        class_split: ``standard`` or ``coco2pascal`` (test-only cross-domain classes).
+        class_split: ``standard``, ``coco2pascal`` (test-only cross-domain classes) or ``all`` (every
+            class in every split: the source of the PATNet cross-domain protocol).
         min_fg_pixels: generated lists keep (image, class) pairs with at least this many class pixels.
         **kwargs: the augmentation options of :class:`~fss.data.common.FileDataModule` and the shared
             episode options of :class:`~fss.data.base.EpisodicDataModule` (fold 0..3; episode counts
@@ -300,8 +314,10 @@ class PascalDataModule(FileDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if class_split not in ("standard", "coco2pascal"):
-            raise ValueError(f"data.class_split must be 'standard' or 'coco2pascal', got {class_split!r}")
+        if class_split not in ("standard", "coco2pascal", "all"):
+            raise ValueError(
+                f"data.class_split must be 'standard', 'coco2pascal' or 'all', got {class_split!r}"
+            )
         if min_fg_pixels < 0:
             raise ValueError(f"data.min_fg_pixels must be >= 0, got {min_fg_pixels}")
         self.root = root

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fss.data.coco import COCO20iDataModule, COCO20iDataset, coco_class_ids, coco_fold_class_ids
 from fss.data.common import DatasetLayoutError
@@ -170,3 +171,20 @@ def test_missing_root_and_bad_json(coco_root: Path, tmp_path: Path) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(DatasetLayoutError, match="80 COCO categories"):
         dataset(broken, mask_source="json")
+
+
+def test_png_value_255_is_background_as_in_hsnet_or_ignored_by_option(
+    coco_root: Path, tmp_path: Path
+) -> None:
+    """HSNet's COCO loader has no ignore label: a PNG pixel valued 255 scores as background."""
+    root = Path(shutil.copytree(coco_root, tmp_path / "coco"))
+    ref = dataset(root, mask_source="png")
+    stem = ref.class_items[0][0]
+    png = root / "annotations" / "val2014" / f"{stem}.png"
+    label = np.array(Image.open(png))
+    label[:4] = 255
+    Image.fromarray(label).save(png)
+    by_default = dataset(root, mask_source="png").load_target(stem, 0, True)
+    assert by_default[:4].max() == 0 and np.array_equal(by_default[4:], (label[4:] == 1).astype(np.uint8))
+    ignored = dataset(root, mask_source="png", boundary="ignore").load_target(stem, 0, True)
+    assert (ignored[:4] == 255).all() and np.array_equal(ignored[4:], by_default[4:])

@@ -19,6 +19,7 @@ from fss.data.pascal import (
     coco2pascal_class_ids,
     pascal_class_ids,
 )
+from fss.data.transforms import resize_label
 from tests.data.fixtures import make_pascal, pascal_image_classes
 
 N_IMAGES = 40  # per split: every class is in exactly 4 images of each split
@@ -62,6 +63,18 @@ def test_coco2pascal_classes_match_the_published_mapping() -> None:
         assert {PASCAL_CLASSES[c] for c in coco2pascal_class_ids(fold)} == names
     with pytest.raises(ValueError, match="coco2pascal is a test split"):
         pascal_class_ids("train", 0, "coco2pascal")
+
+
+def test_class_split_all_trains_and_validates_on_every_class(tmp_path: Path) -> None:
+    """PATNet's cross-domain source: all 20 classes, over every fold's lists (``fold`` is ignored)."""
+    voc_root = make_pascal(tmp_path, n_train=N_IMAGES, n_val=N_IMAGES)
+    assert pascal_class_ids("train", 2, "all") == pascal_class_ids("val", 0, "all") == list(range(20))
+    train = Pascal5iDataset(voc_root, "train", fold=3, class_split="all", num_episodes=None, img_size=32)
+    assert set(train.pairs) == expected_pairs(2008, list(range(20)))
+    val = Pascal5iDataset(voc_root, "val", class_split="all", num_episodes=10, img_size=32)
+    assert set(val.pairs) == expected_pairs(2007, list(range(20)))
+    dm = PascalDataModule(root=str(voc_root), class_split="all")
+    assert dm.train_class_ids == dm.eval_class_ids == list(range(20))
 
 
 # ----------------------------------------------------------------------------------------- lists
@@ -111,6 +124,25 @@ def test_masks_keep_ignore_in_query_and_drop_it_in_supports(voc_root: Path) -> N
         assert ep["query_name"] not in names and len(set(names)) == 2
         for name in names:  # every support shows the class
             assert (raw_target(voc_root, name, c) == 1).any()
+
+
+@pytest.mark.parametrize(
+    ("boundary", "train_has_255", "test_has_255"),
+    [("reference", False, True), ("ignore", True, True), ("background", False, False)],
+)
+def test_boundary_pixels_follow_the_reference_or_the_option(
+    voc_root: Path, boundary: str, train_has_255: bool, test_has_255: bool
+) -> None:
+    """HSNet trains on VOC's boundary pixels as background and ignores them when scoring."""
+    for split, expected in (("train", train_has_255), ("test", test_has_255)):
+        ds = Pascal5iDataset(voc_root, split, num_episodes=6, img_size=32, boundary=boundary)
+        for i in range(6):
+            ep = ds.episode(i)
+            assert (255 in ep["query_mask"].unique().tolist()) == expected
+            assert set(ep["support_masks"].unique().tolist()) <= {0.0, 1.0}
+            raw = raw_target(voc_root, ep["query_name"], int(ep["class_id"]))
+            fg = resize_label(raw, 32) == 1
+            assert torch.equal(ep["query_mask"] == 1, fg)  # the class itself never changes
 
 
 def test_query_cycles_through_the_list_in_order(voc_root: Path) -> None:
