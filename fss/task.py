@@ -4,7 +4,9 @@
 and ``masking`` (registered names or classes with options; see ``fss.components``), so that configs
 and the CLI can say ``--model.net hsnet --model.backbone resnet50 --model.masking fm``.
 
-* training: cross-entropy (ignore index 255) on the logits [B, 2, H, W] (mean over the K shots);
+* training: cross-entropy (ignore index 255) on the logits [B, 2, H, W] (mean over the K shots), or
+  the network's own training loss (``FewShotSegmenter.training_loss``: BAM adds its auxiliary term,
+  logged as ``train/loss_<term>``);
   the training mIoU/FB-IoU use the argmax of those logits, as the reference training loop does;
 * validation / test: the k-shot prediction rule (``kshot_rule``) on the per-shot logits, the same
   loss for monitoring, and the metrics of ``fss.metrics.FewShotIoU``. With
@@ -184,9 +186,12 @@ class FewShotSegmentationTask(pl.LightningModule):
         target, class_id = batch["query_mask"], batch["class_id"]  # [B, H, W], [B]
         metric = self.metric(stage)
         if stage == "train":
-            logits = self.net(query_img, support_imgs, support_masks)
-            loss = self.loss(logits, target)
+            loss, logits, terms = self.net.training_loss(batch, self.loss)
             metric.update(logits.detach().argmax(dim=1), target, class_id)
+            for name, value in terms.items():
+                self.log(
+                    f"train/loss_{name}", value, on_epoch=True, on_step=False, batch_size=target.shape[0]
+                )
         else:
             shot_logits = self.net.forward_shots(query_img, support_imgs, support_masks)  # [B,K,2,H,W]
             loss = self.loss(shot_logits.mean(dim=1), target)

@@ -7,6 +7,7 @@ one line in ``MODELS``.
 """
 
 from fss.models.asnet import ASNet
+from fss.models.bam import BAM
 from fss.models.base import FewShotSegmenter
 from fss.models.hsnet import HSNet
 from fss.models.sgone import SGOne
@@ -17,9 +18,20 @@ MODELS: dict[str, type[FewShotSegmenter]] = {
     "asnet": ASNet,
     "vat": VAT,
     "sgone": SGOne,
+    "bam": BAM,
 }
 
-__all__ = ["MODELS", "ASNet", "FewShotSegmenter", "HSNet", "SGOne", "VAT", "build_model", "model_class"]
+__all__ = [
+    "BAM",
+    "MODELS",
+    "ASNet",
+    "FewShotSegmenter",
+    "HSNet",
+    "SGOne",
+    "VAT",
+    "build_model",
+    "model_class",
+]
 
 
 def model_class(name: str) -> type[FewShotSegmenter]:

@@ -22,8 +22,9 @@ Shapes: B episodes, K shots, H x W image size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +155,19 @@ class FewShotSegmenter(RecordsInitArgs, nn.Module):
             query_feats = [f.repeat_interleave(shots, dim=0) for f in query_feats]
         logits = self.predict_logits(query_feats, support_feats, support_masks.flatten(0, 1))
         return logits.unflatten(0, (batch, shots))
+
+    def training_loss(
+        self, batch: dict[str, Any], criterion: Callable[[Tensor, Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The training loss of an episode batch: ``(loss, logits [B, 2, H, W], named terms)``.
+
+        Default: ``criterion(self(query, supports, masks), query_mask)`` and no extra terms. A model
+        whose reference trains with more terms (BAM's auxiliary meta-learner loss) or needs more of
+        the batch (the episode's ``class_id``) overrides it; the task logs each term as
+        ``train/loss_<name>``.
+        """
+        logits = self(batch["query_img"], batch["support_imgs"], batch["support_masks"])
+        return criterion(logits, batch["query_mask"]), logits, {}
 
     # -- shared machinery ------------------------------------------------------------------
     @property
