@@ -46,10 +46,8 @@ TINY = [
 NET_ARGS = {
     "vat": ["--model.net", "VAT", "--model.net.feature_size", "8", "--model.net.benchmark", "pascal",
             "--model.optimizer", "adamw", "--model.lr", "5e-4", "--model.decoder_lr", "1e-4"],
-    # BAM leaves the episode's class out of its base learner's map in training: it must know the
-    # base learner's classes (the synthetic fold 0's training classes 12..47; stage 1 records them)
-    "bam": ["--model.net", "BAM", "--model.net.reduce_dim", "16",
-            "--model.net.base_classes", str(list(range(12, 48)))],
+    # BAM without a base-learner checkpoint: random base learner over the data's 36 training classes
+    "bam": ["--model.net", "BAM", "--model.net.reduce_dim", "16", "--model.net.num_base_classes", "36"],
 }  # fmt: skip
 
 

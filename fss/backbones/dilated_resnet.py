@@ -63,6 +63,8 @@ class DilatedResNet(FeatureBackbone):
             by the PSPNet authors with PSPNet/PFENet/BAM.
         width: channels of ``layer1``'s bottleneck (64 in the references; smaller for fast tests:
             every width scales with it, the stem's ``64, 64, 128`` included).
+        trainable: fine-tune it (PSPNet, BAM's base learner in stage 1: parameters get gradients and
+            BatchNorm follows ``.train()``); False (every few-shot model): frozen, always in eval mode.
 
     Example:
         >>> bb = DilatedResNet("resnet50", weights="initmodel/resnet50_v2.pth")
@@ -70,7 +72,13 @@ class DilatedResNet(FeatureBackbone):
         [256, 512, 1024, 2048]
     """
 
-    def __init__(self, name: str = "resnet50", weights: str | None = "imagenet", width: int = 64) -> None:
+    def __init__(
+        self,
+        name: str = "resnet50",
+        weights: str | None = "imagenet",
+        width: int = 64,
+        trainable: bool = False,
+    ) -> None:
         super().__init__()
         if name not in DEPTHS:
             raise ValueError(f"unknown dilated ResNet {name!r}: choose one of {', '.join(DEPTHS)}")
@@ -101,8 +109,14 @@ class DilatedResNet(FeatureBackbone):
                 for stage in (1, 2, 3, 4)
             ]
         )
+        self.trainable = trainable
         self.load_weights(weights)
-        self._freeze()
+        if not trainable:
+            self._freeze()
+
+    def train(self, mode: bool = True) -> DilatedResNet:
+        """Eval mode unless ``trainable`` (then as ``nn.Module.train``)."""
+        return nn.Module.train(self, mode and self.trainable)
 
     @staticmethod
     def _stage(

@@ -102,6 +102,9 @@ class EpisodicDataset(Dataset[Episode], ABC):
 
     #: ``mask`` or ``bbox`` (see the class docstring); a class default so subclasses need not forward it
     support_label: str = "mask"
+    #: episodes also carry ``query_classes``, the query's class map (the base learner's labels, BAM
+    #: stage 1); a class default so that subclasses need not forward it (the data module sets it)
+    class_maps: bool = False
 
     #: total number of classes of the benchmark (size of the metric state)
     num_classes: ClassVar[int]
@@ -194,7 +197,16 @@ class EpisodicDataset(Dataset[Episode], ABC):
         return self.apply_support_label(self.make_episode(self.rng(index, epoch), index))
 
     def apply_support_label(self, episode: Episode) -> Episode:
-        """With ``support_label == "bbox"``, replace ``support_masks`` [K, H, W] by their filled boxes."""
+        """With ``support_label == "bbox"``, replace ``support_masks`` [K, H, W] by their filled boxes.
+
+        Also checks that a dataset asked for class maps (``class_maps``) gave ``query_classes``.
+        """
+        if self.class_maps and "query_classes" not in episode:
+            raise ValueError(
+                f"data.class_maps: {type(self).__name__} does not provide the query's class map "
+                "(query_classes), which the base learner trains on; use a dataset that does "
+                "(SyntheticFSS, PascalFSS)"
+            )
         if self.support_label == "bbox":
             episode["support_masks"] = mask_to_bbox(episode["support_masks"])
         return episode
@@ -231,6 +243,9 @@ class EpisodicDataModule(pl.LightningDataModule):
             evaluate there (needs ``eval_batch_size=1``).
         support_label: ``mask`` or ``bbox`` (every support mask replaced by its filled bounding box,
             in all splits; see :class:`EpisodicDataset`).
+        class_maps: episodes also carry ``query_classes`` long [H, W], the query's class map (0
+            background, ``c + 1`` for class ``c``, 255 ignore), resized and augmented with the query:
+            the labels of a base learner (BAM's stage 1, ``fss.models.PSPNet``). Synthetic and PASCAL.
 
     Subclasses declare only their own options plus ``**kwargs`` (see the module docstring).
 
@@ -255,6 +270,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         seed: int = 0,
         use_original_imgsize: bool = False,
         support_label: SupportLabel = "mask",
+        class_maps: bool = False,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -294,6 +310,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.seed = seed
         self.use_original_imgsize = use_original_imgsize
         self.support_label = support_label
+        self.class_maps = class_maps
         self.datasets: dict[str, EpisodicDataset] = {}
 
     # ----------------------------------------------------------------------------------- classes
@@ -340,6 +357,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         )
         # set, not passed: dataset classes need not take the argument (the base class handles it)
         dataset.support_label = getattr(self, "support_label", "mask")
+        dataset.class_maps = getattr(self, "class_maps", False)
         return dataset
 
     def setup(self, stage: str | None = None) -> None:

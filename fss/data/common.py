@@ -29,7 +29,7 @@ from PIL import Image
 
 from fss.data.base import EpisodicDataModule, EpisodicDataset
 from fss.data.episode import IGNORE_INDEX, Episode
-from fss.data.transforms import build_episode, resize_label, to_label_tensor
+from fss.data.transforms import build_episode, query_mask_tensor, resize_label, to_label_tensor
 
 log = logging.getLogger(__name__)
 
@@ -330,6 +330,11 @@ class ImageEpisodeDataset(EpisodicDataset):
     def item_name(self, item: Any) -> str:
         """A readable identifier of ``item`` (file stem or relative path)."""
 
+    def load_class_map(self, item: Any) -> np.ndarray | None:
+        """uint8 class map [H, W] of ``item`` (0 background, ``c + 1`` for class ``c``, 255 ignore) for
+        ``class_maps``; None: this dataset has none (the episode then lacks ``query_classes``)."""
+        return None
+
     @abstractmethod
     def item_files(self, item: Any) -> list[Path]:
         """The files ``item`` is read from (image first), for ``fss data check``."""
@@ -382,12 +387,30 @@ class ImageEpisodeDataset(EpisodicDataset):
             image, target = self.augmenter(rng, image, target)
         return image, target
 
+    def load_query_with_classes(
+        self, item: Any, class_id: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The query's image, target map and class map (None without one), augmented together.
+
+        Without a class map (``class_maps`` off, or none in this dataset) this is :meth:`load_pair`.
+        """
+        classes = self.load_class_map(item) if self.class_maps else None
+        if classes is None:
+            return (*self.load_pair(item, class_id, True, rng), None)
+        image = self.load_image(item)
+        classes = match_size(classes, image)
+        if self.augmenter.enabled:
+            image, classes = self.augmenter(rng, image, classes)
+        target = (classes == class_id + 1).astype(np.uint8)
+        target[classes == 255] = 255
+        return image, target, classes
+
     def make_episode(self, rng: np.random.Generator, index: int) -> Episode:
         query, class_id = self.pick_query(rng, index)
         supports = self.draw_supports(rng, class_id, query)
-        q_img, q_tgt = self.load_pair(query, class_id, True, rng)
+        q_img, q_tgt, q_classes = self.load_query_with_classes(query, class_id, rng)
         pairs = [self.load_pair(item, class_id, False, rng) for item in supports]
-        return build_episode(
+        episode = build_episode(
             q_img,
             q_tgt,
             [img for img, _ in pairs],
@@ -398,6 +421,9 @@ class ImageEpisodeDataset(EpisodicDataset):
             support_names=[self.item_name(item) for item in supports],
             keep_original_mask=self.use_original_imgsize,
         )
+        if q_classes is not None:
+            episode["query_classes"] = query_mask_tensor(q_classes, self.img_size)
+        return episode
 
     # ------------------------------------------------------------------ inspection
     def items(self) -> list[Any]:

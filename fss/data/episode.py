@@ -15,6 +15,8 @@ key                    shape / type         meaning
 ``org_query_imsize``   long [2]             the query's original (height, width), before resizing
 ``org_query_mask``     long [H0, W0]        optional: the query mask at its original size
                                             (only with ``use_original_imgsize``; batch size 1)
+``query_classes``      long [H, W]          optional: the query's class map, 0 background, ``c + 1``
+                                            for class ``c``, 255 ignore (only with ``data.class_maps``)
 =====================  ===================  ==========================================================
 
 :func:`collate_episodes` batches B episodes: tensors gain a leading batch dimension (``query_img``
@@ -67,6 +69,7 @@ class Episode(_EpisodeRequired, total=False):
     """One few-shot episode (see the module docstring for shapes); ``org_query_mask`` is optional."""
 
     org_query_mask: Tensor
+    query_classes: Tensor
 
 
 class EpisodeBatch(TypedDict, total=False):
@@ -81,6 +84,7 @@ class EpisodeBatch(TypedDict, total=False):
     support_names: list[list[str]]
     org_query_imsize: Tensor
     org_query_mask: Tensor | list[Tensor]
+    query_classes: Tensor
 
 
 def check_episode(episode: Episode, shot: int | None = None, img_size: int | None = None) -> None:

@@ -268,6 +268,9 @@ class Pascal5iDataset(ImageEpisodeDataset):
         target[label == IGNORE_INDEX] = IGNORE_INDEX
         return target
 
+    def load_class_map(self, item: str) -> np.ndarray:
+        return read_label(self.mask_path(item))  # SegmentationClassAug: 0, class + 1, 255
+
     def item_name(self, item: str) -> str:
         return item
 

@@ -3,13 +3,15 @@
 ``MODELS`` maps a short name (``model.net: hsnet`` in a config, ``--model.net vat`` on the command
 line) to a class; the class name works too (``--model.net VAT``) and takes options
 (``--model.net.feature_size 8``). A new model is one subclass of :class:`FewShotSegmenter` plus
-one line in ``MODELS``.
+one line in ``MODELS``. :class:`PSPNet` (BAM's base learner, stage 1 of its training) is not a few-shot
+model and is not registered: configs give its class path.
 """
 
 from fss.models.asnet import ASNet
 from fss.models.bam import BAM
 from fss.models.base import FewShotSegmenter
 from fss.models.hsnet import HSNet
+from fss.models.pspnet import PSPNet
 from fss.models.sgone import SGOne
 from fss.models.vat import VAT
 
@@ -27,6 +29,7 @@ __all__ = [
     "ASNet",
     "FewShotSegmenter",
     "HSNet",
+    "PSPNet",
     "SGOne",
     "VAT",
     "build_model",

@@ -257,12 +257,13 @@ class BAM(FewShotSegmenter):
         masking: a strategy or a name of ``fss.masking.MASKINGS`` (``fm`` = the reference).
         weights: weights of a backbone given by name.
         base_learner: a checkpoint of the base learner: one written by ``fss fit`` with a
-            :class:`~fss.base_learner.BaseLearnerTask` config (stage 1) or the reference's PSPNet
-            ``best.pth``. It sets the base learner *and the backbone* (BAM's backbone is the base
+            :class:`~fss.models.PSPNet` config (stage 1, ``configs/pascal_bam_base.yaml``) or the
+            reference's PSPNet ``best.pth``. It sets the base learner *and the backbone* (BAM's backbone is the base
             learner's fine-tuned encoder). None: random (e.g. before ``load_reference_state_dict``).
         base_classes: global class ids (0-based) of the base learner's channels 1..C, in order (the
             fold's training classes, ascending). None: those recorded in an fss ``base_learner``
-            checkpoint; needed in training (the ensemble leaves the episode's class out).
+            checkpoint, else the data's training classes when fitting (the ensemble leaves the
+            episode's class out in training).
         num_base_classes: C when neither ``base_classes`` nor an fss checkpoint gives it (PASCAL 15,
             COCO 60).
         reduce_dim: channels of the meta learner (256); the base learner's classifier has twice as many.
@@ -319,7 +320,7 @@ class BAM(FewShotSegmenter):
     def _load_base_learner(self, sd: dict[str, Tensor], source: str) -> None:
         """Backbone and base-learner weights from a stage-1 state_dict (ours or the reference PSPNet's)."""
         backbone = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
-        head = {k.removeprefix("head."): v for k, v in sd.items() if k.startswith("head.")}
+        head = {k.removeprefix("decoder."): v for k, v in sd.items() if k.startswith("decoder.")}
         if not head:  # the reference PSPNet: layer0..4 (and encoder.*), ppm.*, cls.*
             backbone = {k: v for k, v in sd.items() if re.match(r"layer[0-4]\.", k)}
             head = {_reference_head_key(k): v for k, v in sd.items() if k.startswith(("ppm.", "cls."))}
@@ -334,6 +335,24 @@ class BAM(FewShotSegmenter):
                 f"model.net.init_args.base_learner {source}: its head does not fit this BAM (base classes "
                 f"{len(self.base_class_ids)}, reduce_dim {self.learner.init_merge[0].out_channels}): {err}"
             ) from None
+
+    def set_train_classes(self, class_ids: list[int]) -> None:
+        """The data's training classes must be the base learner's classes (a fold mismatch otherwise);
+        with unknown base classes (no fss base-learner checkpoint, no ``base_classes``) they become them."""
+        known = self.base_class_ids.tolist()
+        if all(c < 0 for c in known):
+            if len(class_ids) != len(known):
+                raise ValueError(
+                    f"BAM: the data has {len(class_ids)} training classes but the base learner has "
+                    f"{len(known)} (model.net.init_args.num_base_classes)"
+                )
+            self.base_class_ids.copy_(torch.tensor(sorted(class_ids)))
+        elif sorted(class_ids) != known:
+            raise ValueError(
+                f"BAM: the base learner was trained on the classes {known}, but the data's training classes "
+                f"are {sorted(class_ids)}: give the base learner of this fold (model.net.init_args.base_learner) "
+                "or the data's fold (data.fold)"
+            )
 
     def train(self, mode: bool = True) -> BAM:
         """The base learner stays in eval mode (it is frozen, BatchNorm statistics included)."""
@@ -517,10 +536,10 @@ def _read_base_learner(path: str) -> tuple[dict[str, Tensor], list[int] | None]:
     ckpt = torch.load(file, map_location="cpu", weights_only=False)
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    if any(k.startswith("net.") for k in sd):  # a Lightning checkpoint of fss's BaseLearnerTask
+    if any(k.startswith("net.") for k in sd):  # a Lightning checkpoint of fss's stage 1 (PSPNet)
         sd = {k.removeprefix("net."): v for k, v in sd.items() if k.startswith("net.")}
-    classes = ckpt.get("hyper_parameters", {}).get("base_classes") if isinstance(ckpt, dict) else None
-    return sd, (list(classes) if classes is not None else None)
+    classes = sd.pop("base_class_ids", None)
+    return sd, (classes.tolist() if classes is not None and (classes >= 0).all() else None)
 
 
 def _upsample(logits: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:

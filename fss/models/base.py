@@ -156,6 +156,16 @@ class FewShotSegmenter(RecordsInitArgs, nn.Module):
         logits = self.predict_logits(query_feats, support_feats, support_masks.flatten(0, 1))
         return logits.unflatten(0, (batch, shots))
 
+    def set_train_classes(self, class_ids: list[int]) -> None:
+        """Called by the task before fitting with the data's training classes (global ids); a model
+        whose parts depend on them (BAM's base learner) records or checks them. Default: nothing."""
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of everything the optimizer trains: the learner's parameters that
+        require gradients (names relative to the learner). A model that also fine-tunes its backbone
+        (PSPNet, BAM's stage 1) adds those."""
+        return [(n, p) for n, p in self.learner.named_parameters() if p.requires_grad]
+
     def training_loss(
         self, batch: dict[str, Any], criterion: Callable[[Tensor, Tensor], Tensor]
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:

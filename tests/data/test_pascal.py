@@ -165,6 +165,21 @@ def test_augmented_training_episodes_are_reproducible(voc_root: Path) -> None:
     check_episode(a, shot=1, img_size=32)
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_class_maps_follow_the_query(voc_root: Path, augment: bool) -> None:
+    """``class_maps``: the query's class map (BAM's base-learner labels), augmented with the query."""
+    ds = Pascal5iDataset(voc_root, "train", fold=0, num_episodes=None, img_size=32, augment=augment)
+    plain = ds.episode(3, epoch=1)
+    ds.class_maps = True
+    ep = ds.episode(3, epoch=1)
+    classes, mask, c = ep["query_classes"], ep["query_mask"], int(ep["class_id"])
+    assert classes.shape == mask.shape == (32, 32) and classes.dtype == torch.long
+    assert torch.equal(classes == c + 1, mask == 1) and torch.equal(classes == 255, mask == 255)
+    assert set(classes.unique().tolist()) - {0, 255} >= {c + 1}
+    if not augment:  # the same episode as without class maps
+        assert torch.equal(ep["query_img"], plain["query_img"]) and torch.equal(mask, plain["query_mask"])
+
+
 # ---------------------------------------------------------------------------------- data module
 def test_datamodule_classes_and_cross_domain_split(voc_root: Path) -> None:
     dm = PascalDataModule(root=str(voc_root), fold=3, class_split="coco2pascal", img_size=32, test_episodes=8)
