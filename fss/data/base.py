@@ -205,7 +205,7 @@ class EpisodicDataset(Dataset[Episode], ABC):
             raise ValueError(
                 f"data.class_maps: {type(self).__name__} does not provide the query's class map "
                 "(query_classes), which the base learner trains on; use a dataset that does "
-                "(SyntheticFSS, PascalFSS)"
+                "(SyntheticFSS, Pascal5iDataset, COCO20iDataset with PNG masks)"
             )
         if self.support_label == "bbox":
             episode["support_masks"] = mask_to_bbox(episode["support_masks"])
@@ -245,7 +245,8 @@ class EpisodicDataModule(pl.LightningDataModule):
             in all splits; see :class:`EpisodicDataset`).
         class_maps: episodes also carry ``query_classes`` long [H, W], the query's class map (0
             background, ``c + 1`` for class ``c``, 255 ignore), resized and augmented with the query:
-            the labels of a base learner (BAM's stage 1, ``fss.models.PSPNet``). Synthetic and PASCAL.
+            the labels of a base learner (BAM's stage 1, ``fss.models.PSPNet``). Synthetic, PASCAL, COCO
+            with PNG masks.
 
     Subclasses declare only their own options plus ``**kwargs`` (see the module docstring).
 

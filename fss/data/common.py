@@ -22,14 +22,22 @@ import os
 from abc import abstractmethod
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 
 from fss.data.base import EpisodicDataModule, EpisodicDataset
 from fss.data.episode import IGNORE_INDEX, Episode
-from fss.data.transforms import build_episode, query_mask_tensor, resize_label, to_label_tensor
+from fss.data.transforms import (
+    IMAGENET_MEAN,
+    build_episode,
+    letterbox,
+    pad_to_square,
+    query_mask_tensor,
+    resize_label,
+    to_label_tensor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +220,38 @@ def default_augmentation() -> Any:
     )
 
 
+#: the evaluation protocols of the PASCAL/COCO modules (docs/models.md)
+Protocol = Literal["hsnet", "pfenet"]
+#: PFENet's list rule: a class counts in an image from this many pixels on (2 x 32 x 32)
+PFENET_MIN_FG_PIXELS = 2 * 32 * 32
+
+
+def pfenet_augmentation(size: int, scale: tuple[float, float]) -> Any:
+    """PFENet's (and BAM's) training augmentation, with albumentations.
+
+    Random scale in ``scale``; rotation in +-10 degrees (p 0.5; pixels from outside: the mean colour,
+    ignore in the label); Gaussian blur with a 5 x 5 kernel (p 0.5); horizontal flip (p 0.5); a random
+    ``size`` x ``size`` crop, padded first (centred, mean colour / ignore) when smaller. The same
+    steps as the reference's ``util/transform.py``; the random draws are albumentations'.
+    """
+    import albumentations as A
+    import cv2
+
+    mean = tuple(round(255 * m) for m in IMAGENET_MEAN)
+    return A.Compose(
+        [
+            A.RandomScale(scale_limit=(scale[0] - 1, scale[1] - 1), interpolation=cv2.INTER_LINEAR, p=1.0),
+            A.Rotate(
+                limit=(-10, 10), border_mode=cv2.BORDER_CONSTANT, fill=mean, fill_mask=IGNORE_INDEX, p=0.5
+            ),
+            A.GaussianBlur(blur_limit=(5, 5), sigma_limit=(0, 0), p=0.5),
+            A.HorizontalFlip(p=0.5),
+            A.PadIfNeeded(size, size, border_mode=cv2.BORDER_CONSTANT, fill=mean, fill_mask=IGNORE_INDEX),
+            A.RandomCrop(size, size),
+        ]
+    )
+
+
 class Augmenter:
     """Albumentations augmentation of (image, target map) pairs, seeded per call.
 
@@ -304,12 +344,24 @@ class ImageEpisodeDataset(EpisodicDataset):
 
     #: a human name for messages
     display_name: str = "dataset"
+    #: the random scale range of the ``pfenet`` protocol's training augmentation
+    pfenet_scale: tuple[float, float] = (0.9, 1.1)
 
     def __init__(
-        self, *args: Any, augment: bool = False, augment_config: str | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        augment: bool = False,
+        augment_config: str | None = None,
+        protocol: Protocol = "hsnet",
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        if protocol not in ("hsnet", "pfenet"):
+            raise ValueError(f"data.protocol must be 'hsnet' or 'pfenet', got {protocol!r}")
+        self.protocol = protocol
         self.augmenter = Augmenter(augment, augment_config) if self.split == "train" else Augmenter()
+        if protocol == "pfenet" and self.split == "train" and augment_config is None:
+            self.augmenter.transform = pfenet_augmentation(self.img_size, self.pfenet_scale)
         self.class_items: dict[int, list[Any]] = {}
         self.usable_class_ids: list[int] = []
 
@@ -410,6 +462,11 @@ class ImageEpisodeDataset(EpisodicDataset):
         supports = self.draw_supports(rng, class_id, query)
         q_img, q_tgt, q_classes = self.load_query_with_classes(query, class_id, rng)
         pairs = [self.load_pair(item, class_id, False, rng) for item in supports]
+        org_target = q_tgt
+        if self.protocol == "pfenet" and self.split != "train":  # aspect kept, padded (PFENet's eval)
+            q_img, q_tgt = letterbox(q_img, q_tgt, self.img_size)
+            pairs = [letterbox(img, tgt, self.img_size) for img, tgt in pairs]
+            org_target = pad_to_square(org_target)
         episode = build_episode(
             q_img,
             q_tgt,
@@ -423,6 +480,8 @@ class ImageEpisodeDataset(EpisodicDataset):
         )
         if q_classes is not None:
             episode["query_classes"] = query_mask_tensor(q_classes, self.img_size)
+        if self.use_original_imgsize and org_target is not q_tgt:
+            episode["org_query_mask"] = to_label_tensor(org_target)
         return episode
 
     # ------------------------------------------------------------------ inspection
