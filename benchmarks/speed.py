@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -227,21 +228,30 @@ def write_results(args: argparse.Namespace, payload: dict) -> dict:
 
 
 @contextlib.contextmanager
-def baseline_builder(checkout: Path) -> Iterator[Callable[..., FewShotSegmenter]]:
-    """``build_model`` of another fss checkout (e.g. ``git worktree add /tmp/base <commit>``).
+def baseline_package(checkout: Path) -> Iterator[ModuleType]:
+    """The ``fss`` package of another checkout (e.g. ``git worktree add /tmp/base <commit>``), imported.
 
-    Its ``fss`` package is copied to a temporary ``fss_baseline`` package (imports rewritten) so
-    that both versions live in this process and can be timed alternately.
+    It is copied to a temporary ``fss_baseline`` package (imports rewritten) so that both versions
+    live in this process and can be timed alternately (``speed.py`` and ``data_speed.py --baseline``).
     """
     source = Path(checkout) / "fss"
-    if not (source / "models" / "__init__.py").is_file():
-        raise SystemExit(
-            f"--baseline {checkout}: no fss/models package there; pass a checkout of this repository"
-        )
+    if not (source / "__init__.py").is_file():
+        raise SystemExit(f"--baseline {checkout}: no fss package there; pass a checkout of this repository")
     with temporary_package(BASELINE) as package:
         shutil.copytree(source, package)
         for path in package.rglob("*.py"):
             path.write_text(re.sub(r"\b(from|import)\s+fss\b", rf"\1 {BASELINE}", path.read_text()))
+        yield importlib.import_module(BASELINE)
+
+
+@contextlib.contextmanager
+def baseline_builder(checkout: Path) -> Iterator[Callable[..., FewShotSegmenter]]:
+    """``build_model`` of another fss checkout (see :func:`baseline_package`)."""
+    if not (Path(checkout) / "fss" / "models" / "__init__.py").is_file():
+        raise SystemExit(
+            f"--baseline {checkout}: no fss/models package there; pass a checkout of this repository"
+        )
+    with baseline_package(checkout):
         yield importlib.import_module(f"{BASELINE}.models").build_model
 
 

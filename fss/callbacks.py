@@ -2,6 +2,8 @@
 
 :class:`BestEpochTracker` records the epoch of the best validation mIoU, the HM paper's measure
 of convergence speed, and writes it to ``best.json`` in the run directory at the end of fit.
+:class:`TestResultsWriter` writes a test's results (with their spread over episode sets) to
+``test_results.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pytorch_lightning.callbacks import Callback
 
 from fss.atomic import write_text
 from fss.distributed import run_dir
+from fss.metrics import spread_line, summarize
 
 
 class BestEpochTracker(Callback):
@@ -135,11 +138,21 @@ class BestEpochTracker(Callback):
 
 
 class TestResultsWriter(Callback):
-    """Writes ``test_results.json`` (test mIoU, FB-IoU and IoU per class) into the test run directory.
+    """Writes ``test_results.json`` (test mIoU, FB-IoU, IoU per class, the spread over episode sets)
+    into the test run directory and prints a one-line summary.
 
     Runs before the task's ``on_test_epoch_end`` (which resets the metric), reading the task's
-    ``test`` metric (:class:`fss.metrics.FewShotIoU`); class names come from the data module's
-    ``class_names`` when it has them.
+    ``test`` metric (:class:`fss.metrics.FewShotIoU`) through :func:`fss.metrics.summarize`; class
+    names come from the data module's ``class_names`` when it has them. With several test episode
+    sets (``data.test_seeds``) the file also holds each set's mIoU and FB-IoU, their mean, standard
+    deviation and 95% confidence interval, and the IoU of every class in every set::
+
+        {"test_miou": 45.1, "test_fbiou": 70.2, "per_class_iou": {"person": 38.2, ...},
+         "episode_sets": ["seed0", ...], "miou_per_set": [...], "fbiou_per_set": [...],
+         "miou_spread": {"mean": 45.1, "std": 0.3, "ci95_low": 44.7, "ci95_high": 45.5, "n": 5},
+         "fbiou_spread": {...}, "per_class_iou_per_set": {"person": [38.0, ...], ...}}
+
+    The CLI adds it to every run (``--test_results.filename`` renames the file).
 
     Args:
         filename: name of the JSON file written into ``trainer.log_dir``.
@@ -151,16 +164,23 @@ class TestResultsWriter(Callback):
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metric = pl_module.metric("test")  # FewShotSegmentationTask.metric
-        values = {k: float(v) for k, v in metric.compute().items()}
-        per_class = metric.per_class_iou().tolist()  # [num_classes], NaN for unseen classes
+        labels = getattr(pl_module, "test_set_labels", None)
         names = list(getattr(trainer.datamodule, "class_names", []) or [])
-        per_class_iou = {
-            (names[c] if c < len(names) else str(c)): round(v, 4)
-            for c, v in enumerate(per_class)
-            if not math.isnan(v)
-        }
-        out_dir = run_dir(trainer)  # a collective under DDP: every process asks
+        summary = summarize(metric, labels, names)  # a collective under DDP: every process calls it
+        out_dir = run_dir(trainer)  # likewise
         if not trainer.is_global_zero:
             return
-        results = {"test_miou": values["miou"], "test_fbiou": values["fbiou"], "per_class_iou": per_class_iou}
-        write_text(out_dir / self.filename, json.dumps(results, indent=2) + "\n")
+        path = out_dir / self.filename
+        write_text(path, json.dumps(_json_safe(summary), indent=2) + "\n")  # never a half-written file
+        print(f"\n{spread_line(summary)}; details in {path}", flush=True)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None (JSON has no NaN), floats rounded to 4 places."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else round(value, 4)
+    return value

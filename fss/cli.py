@@ -15,12 +15,13 @@ shows the new form; checkpoints written with them are upgraded when loaded with 
 The data module is any ``LightningDataModule`` given by ``data.class_path`` (``fss.data.*DataModule``).
 ``model.num_classes`` is taken from the data module's ``num_classes`` when both are built.
 
-Every subcommand also builds three callbacks, configurable under their own keys:
+Every subcommand also builds four callbacks, configurable under their own keys:
 ``checkpoint`` (:class:`fss.checkpoint.RunCheckpoint`: ModelCheckpoint on ``val/miou``,
 ``best-{epoch}.ckpt``, and ``last.ckpt`` at the end of every finished epoch),
 ``early_stopping`` (EarlyStopping on ``val/miou``, ``--early_stopping.patience``, default 20; a
-patience above ``max_epochs`` disables it) and ``best_epoch``
-(:class:`fss.callbacks.BestEpochTracker`, writes ``best.json``).
+patience above ``max_epochs`` disables it), ``best_epoch``
+(:class:`fss.callbacks.BestEpochTracker`, writes ``best.json``) and ``test_results``
+(:class:`fss.callbacks.TestResultsWriter`, writes ``test_results.json`` after a test).
 Other defaults: ``seed_everything: 0``, ``trainer.default_root_dir: runs`` and
 ``trainer.use_distributed_sampler: false`` (the episode samplers shard episodes over processes
 themselves).
@@ -65,7 +66,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from fss.atomic import AtomicCheckpointIO
 from fss.backbones import backbone_spec
-from fss.callbacks import BestEpochTracker
+from fss.callbacks import BestEpochTracker, TestResultsWriter
 from fss.checkpoint import (
     SPECIAL_CKPT_PATHS,
     CheckpointError,
@@ -181,6 +182,7 @@ class FSSCLI(LightningCLI):
             help="seconds a distributed collective waits for the other processes before the run fails "
             "with a message (raise it when a rank legitimately needs longer, e.g. a slow disk)",
         )
+        parser.add_lightning_class_args(TestResultsWriter, "test_results")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/miou",

@@ -20,7 +20,11 @@ and the CLI can say ``--model.net hsnet --model.backbone resnet50 --model.maskin
   epochs, stepped once per epoch; ``scheduler: poly`` decays it every step (BAM, PSPNet).
 
 Logged keys: ``{train,val,test}/loss`` (epoch means), ``{train,val,test}/miou`` and
-``{train,val,test}/fbiou`` (computed over the epoch), and ``train/loss_step``.
+``{train,val,test}/fbiou`` (computed over the epoch), and ``train/loss_step``. The test also logs
+the IoU of every class (``test/iou/<class>``) and, when the data module evaluates several episode
+sets (``data.test_seeds``), each set's values (``test/seed<s>/miou``, ``test/seed<s>/fbiou``) and
+their spread (``test/miou_std``, ``test/miou_ci95_low``, ``test/miou_ci95_high``, and for FB-IoU);
+``test/miou`` is then the mean over the sets. See :func:`fss.metrics.summarize`.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from fss.components import (
     describe_options,
 )
 from fss.masking import SupportMasking
-from fss.metrics import IGNORE_INDEX, FewShotIoU
+from fss.metrics import IGNORE_INDEX, FewShotIoU, logged_values, summarize
 from fss.models.base import aggregate_shots
 
 Stage = Literal["train", "val", "test"]
@@ -175,6 +179,28 @@ class FewShotSegmentationTask(pl.LightningModule):
         self.train_iou = FewShotIoU(num_classes)
         self.val_iou = FewShotIoU(num_classes)
         self.test_iou = FewShotIoU(num_classes)
+        #: names of the test episode sets (``data.test_seeds``), ``None`` for one set
+        self.test_set_labels: list[str] | None = None
+
+    def setup(self, stage: str) -> None:
+        """Before fitting, tell the network the data's training classes (BAM's base learner records
+        them); before a test, one metric slot per test episode set of the data module
+        (``test_set_labels``)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and hasattr(datamodule, "train_class_ids"):
+            self.net.set_train_classes(list(datamodule.train_class_ids))
+        if stage != "test":
+            return
+        labels = getattr(datamodule, "test_set_labels", None)
+        self.test_set_labels = list(labels) if labels else None
+        num_sets = len(labels) if labels else 1
+        if self.test_iou.num_sets != num_sets:
+            self.test_iou = FewShotIoU(self.hparams.num_classes, num_sets=num_sets)
+
+    def class_names(self) -> list[str]:
+        """The data module's class names (empty without one)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return list(getattr(datamodule, "class_names", None) or [])
 
     # -- model -----------------------------------------------------------------------------
     def forward(self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor) -> Tensor:
@@ -195,6 +221,7 @@ class FewShotSegmentationTask(pl.LightningModule):
         query_img = batch["query_img"]  # [B, 3, H, W]
         support_imgs, support_masks = batch["support_imgs"], batch["support_masks"]  # [B,K,3,H,W], [B,K,H,W]
         target, class_id = batch["query_mask"], batch["class_id"]  # [B, H, W], [B]
+        episode_set = batch.get("episode_set")  # [B] with several test episode sets, else None
         metric = self.metric(stage)
         if stage == "train":
             loss, logits, terms = self.net.training_loss(batch, self.loss)
@@ -208,13 +235,17 @@ class FewShotSegmentationTask(pl.LightningModule):
             loss = self.loss(shot_logits.mean(dim=1), target)
             org_masks = batch.get("org_query_mask")
             if org_masks is None:
-                metric.update(aggregate_shots(shot_logits, self.hparams.kshot_rule), target, class_id)
+                pred = aggregate_shots(shot_logits, self.hparams.kshot_rule)
+                metric.update(pred, target, class_id, episode_set)
             else:  # use_original_imgsize: predict each episode at its original mask size
                 for i, org_mask in enumerate(org_masks):
                     pred = aggregate_shots(
                         shot_logits[i : i + 1], self.hparams.kshot_rule, org_mask.shape[-2:]
                     )
-                    metric.update(pred, org_mask.reshape(1, *org_mask.shape[-2:]), class_id[i : i + 1])
+                    one_set = None if episode_set is None else episode_set[i : i + 1]
+                    metric.update(
+                        pred, org_mask.reshape(1, *org_mask.shape[-2:]), class_id[i : i + 1], one_set
+                    )
         batch_size = query_img.shape[0]
         # {stage}/loss is the epoch mean in every stage; training also shows the per-step value
         self.log(f"{stage}/loss", loss, on_epoch=True, on_step=False, batch_size=batch_size, sync_dist=True)
@@ -223,12 +254,6 @@ class FewShotSegmentationTask(pl.LightningModule):
                 "train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=batch_size
             )
         return loss
-
-    def setup(self, stage: str) -> None:
-        """Before fitting, tell the network the data's training classes (BAM's base learner records them)."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if stage == "fit" and hasattr(datamodule, "train_class_ids"):
-            self.net.set_train_classes(list(datamodule.train_class_ids))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
@@ -254,10 +279,18 @@ class FewShotSegmentationTask(pl.LightningModule):
     # -- epoch ends: compute (synchronised across processes), log, reset ---------------------
     def _log_epoch_metrics(self, stage: Stage) -> None:
         metric = self.metric(stage)
-        values = metric.compute()  # every process calls it: it is a collective under DDP
-        # the values are identical on every process; "max" returns them bit for bit (a mean may not)
-        self.log(f"{stage}/miou", values["miou"], prog_bar=stage != "train", sync_dist=True, reduce_fx="max")
-        self.log(f"{stage}/fbiou", values["fbiou"], sync_dist=True, reduce_fx="max")
+        # every process computes (a collective under DDP); the values are then identical on every
+        # process, and "max" returns them bit for bit (a mean may not)
+        if stage == "test":
+            summary = summarize(metric, self.test_set_labels, self.class_names())
+            for key, value in logged_values(summary, stage).items():
+                self.log(key, value, sync_dist=True, reduce_fx="max")
+        else:
+            values = metric.compute()
+            self.log(
+                f"{stage}/miou", values["miou"], prog_bar=stage != "train", sync_dist=True, reduce_fx="max"
+            )
+            self.log(f"{stage}/fbiou", values["fbiou"], sync_dist=True, reduce_fx="max")
         metric.reset()
 
     def on_train_epoch_end(self) -> None:

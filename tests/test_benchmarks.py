@@ -12,7 +12,9 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import data_speed  # noqa: E402
 import reference  # noqa: E402
+import reference_eval  # noqa: E402
 import speed  # noqa: E402
 
 FAKE_NETWORK = """
@@ -132,3 +134,53 @@ def test_cpu_peak_memory_counts_the_tensors_alive_together():
 
     assert 12e6 <= speed.peak_memory(three_alive, cpu) < 12.1e6
     assert 4e6 <= speed.peak_memory(one_alive, cpu) < 4.1e6
+
+
+def test_data_speed_times_a_baseline_checkout_alternately(capsys):
+    repo = BENCHMARKS.parent  # this checkout doubles as its own baseline
+    result = data_speed.main(
+        ["--episodes", "4", "--img-size", "32", "--image-size", "32", "--batch-size", "2", "--workers", "0",
+         "--repeats", "1", "--baseline", str(repo)]
+    )  # fmt: skip
+    assert set(result) == {"PASCAL-5i", "COCO-20i (png)", "COCO-20i (json)", "FSS-1000"}
+    assert all(r[0]["ours"] > 0 and r[0]["baseline"] > 0 for r in result.values())
+    assert "ours/base" in capsys.readouterr().out
+    assert not any(name.startswith(speed.BASELINE) for name in sys.modules)
+
+
+def test_reference_eval_names_what_it_needs(tmp_path):
+    with pytest.raises(SystemExit):  # argparse: --masking hm without --hm
+        reference_eval.parse_args(["--reference", "x", "--root", "y", "--ckpt", "random", "--masking", "hm"])
+    with pytest.raises(SystemExit):  # HSNet's FSS-1000 loader has no original-size mode
+        reference_eval.parse_args(
+            [
+                "--reference",
+                "x",
+                "--root",
+                "y",
+                "--ckpt",
+                "random",
+                "--benchmark",
+                "fss",
+                "--use-original-imgsize",
+            ]
+        )
+    with pytest.raises(SystemExit, match="must be a clone of juhongm999/hsnet"):
+        reference_eval.main(["--reference", str(tmp_path), "--root", str(tmp_path), "--ckpt", "random"])
+
+
+@pytest.mark.slow
+def test_reference_eval_agrees_with_the_public_hsnet_on_a_fixture(tmp_path, capsys):
+    """Needs a clone of juhongm999/hsnet in FSS_HSNET_REF (it is not part of this repository)."""
+    import os
+
+    clone = os.environ.get("FSS_HSNET_REF")
+    if not clone:
+        pytest.skip("set FSS_HSNET_REF to a clone of https://github.com/juhongm999/hsnet to run this check")
+    status = reference_eval.main(
+        ["--reference", clone, "--benchmark", "pascal", "--root", str(tmp_path), "--make-fixture",
+         "--backbone", "resnet50", "--ckpt", "random", "--episodes", "20", "--img-size", "128", "--device", "cpu"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert status == 0 and "agree to the printed precision: yes" in out
+    assert not any(name.split(".")[0] in reference_eval.REFERENCE_PACKAGES for name in sys.modules)

@@ -212,8 +212,8 @@ def test_demo_evaluation_with_every_callback(
     subcommand: str, demo_fit: tuple[Path, subprocess.CompletedProcess], tmp_path: Path
 ) -> None:
     (ckpt,) = demo_fit[0].glob("version_*/checkpoints/last.ckpt")
-    extra = ["--trainer.callbacks+=fss.callbacks.TestResultsWriter"] if subcommand == "test" else []
-    run_fss([subcommand, *DEMO_TINY, *extra, "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(tmp_path)],
+    # TestResultsWriter is on every run (key test_results)
+    run_fss([subcommand, *DEMO_TINY, "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(tmp_path)],
             cwd=tmp_path)  # fmt: skip
     (run,) = tmp_path.glob("version_*")
     stage = "test" if subcommand == "test" else "val"

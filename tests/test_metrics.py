@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from fss.metrics import FewShotIoU
+from fss.metrics import FewShotIoU, logged_values, spread, spread_line, summarize, t95
 
 
 def _t(rows: list[list[int]]) -> torch.Tensor:
@@ -119,3 +119,53 @@ def test_bad_inputs_name_the_problem() -> None:
         metric.update(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2), torch.tensor([3]))
     with pytest.raises(ValueError, match="one shape"):
         metric.update(torch.zeros(1, 2, 2), torch.zeros(1, 2, 3), torch.tensor([0]))
+
+
+def test_episode_sets_are_counted_apart_and_averaged() -> None:
+    metric = FewShotIoU(num_classes=3, num_sets=2)
+    one = _t([[1, 1], [0, 0]])[None]
+    # set 0: class 1 predicted perfectly (IoU 1); set 1: class 1 half right (IoU 1/2)
+    metric.update(one, _t([[1, 1], [0, 0]])[None], torch.tensor([1]), torch.tensor([0]))
+    metric.update(one, _t([[1, 0], [0, 0]])[None], torch.tensor([1]), torch.tensor([1]))
+    sets = metric.compute_sets()
+    assert sets["miou"].tolist() == pytest.approx([100.0, 50.0])
+    assert sets["fbiou"].tolist() == pytest.approx([100.0, 100 * (1 / 2 + 2 / 3) / 2])
+    assert metric.compute()["miou"].item() == pytest.approx(75.0)
+    assert metric.per_class_iou()[1].item() == pytest.approx(75.0)
+    assert metric.per_class_iou_sets()[:, 1].tolist() == pytest.approx([100.0, 50.0])
+    with pytest.raises(ValueError, match=r"episode_set \[2\] outside \[0, 2\)"):
+        metric.update(one, one, torch.tensor([1]), torch.tensor([2]))
+
+
+def test_spread_mean_std_and_student_t_interval_by_hand() -> None:
+    s = spread([1.0, 2.0, 3.0])
+    half = 4.303 / 3**0.5  # t(0.975, 2 dof) * std 1 / sqrt(3)
+    assert (s["mean"], s["std"], s["n"]) == (2.0, 1.0, 3)
+    assert s["ci95_low"] == pytest.approx(2 - half) and s["ci95_high"] == pytest.approx(2 + half)
+    assert t95(4) == 2.776 and t95(100) == 1.96
+    single = spread([5.0])
+    assert single["mean"] == 5.0 and math.isnan(single["std"]) and math.isnan(single["ci95_low"])
+
+
+def test_summarize_names_classes_and_sets() -> None:
+    metric = FewShotIoU(num_classes=3, num_sets=2)
+    metric.update(
+        _t([[1, 1], [0, 0]])[None], _t([[1, 1], [0, 0]])[None], torch.tensor([1]), torch.tensor([0])
+    )
+    metric.update(
+        _t([[1, 1], [0, 0]])[None], _t([[1, 0], [0, 0]])[None], torch.tensor([1]), torch.tensor([1])
+    )
+    metric.update(
+        _t([[0, 0], [0, 0]])[None], _t([[1, 0], [0, 0]])[None], torch.tensor([2]), torch.tensor([1])
+    )
+    summary = summarize(metric, ["seed0", "seed1"], ["a", "b", "c"])
+    assert summary["per_class_iou"] == pytest.approx({"b": 75.0, "c": 0.0})  # "a" never seen
+    assert summary["per_class_iou_per_set"] == {"b": [100.0, 50.0], "c": [None, 0.0]}
+    assert summary["miou_per_set"] == pytest.approx([100.0, 25.0])
+    assert summary["test_miou"] == pytest.approx(62.5) and summary["miou_spread"]["n"] == 2
+    logged = logged_values(summary)
+    assert logged["test/seed1/miou"] == pytest.approx(25.0) and logged["test/iou/b"] == pytest.approx(75.0)
+    assert logged["test/miou_std"] == pytest.approx(summary["miou_spread"]["std"])
+    assert "over 2 episode sets" in spread_line(summary) and "95% CI" in spread_line(summary)
+    plain = summarize(FewShotIoU(num_classes=3))
+    assert "episode_sets" not in plain and set(logged_values(plain)) == {"test/miou", "test/fbiou"}

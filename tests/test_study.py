@@ -26,6 +26,7 @@ TINY_OVERRIDES = {
     "data.init_args.train_episodes": 4,
     "data.init_args.val_episodes": 2,
     "data.init_args.test_episodes": 4,
+    "data.init_args.test_seeds": [0, 1],  # two test episode sets per run: their spread reaches the tables
     "trainer.max_epochs": 2,
     "trainer.accelerator": "cpu",
     "trainer.num_sanity_val_steps": 0,
@@ -94,6 +95,9 @@ def test_study_writes_tables_plot_and_per_class_iou(tiny: Path) -> None:
         # the test run scored the best checkpoint, on the held-out fold's classes only
         results = json.loads((run / "test" / "test_results.json").read_text())
         assert results["test_miou"] == pytest.approx(float(row["test_miou"]))
+        assert row["test_sets"] == "2" and results["episode_sets"] == ["seed0", "seed1"]
+        low, high = float(row["test_miou_ci95_low"]), float(row["test_miou_ci95_high"])
+        assert low <= float(row["test_miou"]) <= high
         fold0 = {f"{name}" for name in _fold_class_names(0)}
         assert results["per_class_iou"] and set(results["per_class_iou"]) <= fold0
     summary = read_rows(tiny / "summary.csv")
@@ -103,7 +107,10 @@ def test_study_writes_tables_plot_and_per_class_iou(tiny: Path) -> None:
         ("hm", "0"),
         ("hm", "mean"),
     ]
+    assert {r["test_miou_ci95_over"] for r in summary} == {"episode sets"}  # one run per group here
     markdown = (tiny / "study.md").read_text()
+    test_rows = markdown.split("## Test mIoU")[1].split("##")[0]
+    assert test_rows.count(" [") == 4  # every test cell carries its 95% interval
     assert "## Number of best epochs" in markdown and "| method | fold0 | mean |" in markdown
     assert "| fm |" in markdown and "| hm |" in markdown and "Runs finished: 2/2" in markdown
     assert (tiny / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -143,8 +144,10 @@ def test_loss_ignores_255_pixels() -> None:
 def test_validation_and_test_log_loss_and_metrics(tmp_path) -> None:
     task = make_task(kshot_rule="mean")
     results = make_trainer(tmp_path).test(task, loader(4, shot=2), verbose=False)[0]
-    assert set(results) == {"test/loss", "test/miou", "test/fbiou"}
+    per_class = {f"test/iou/{c}" for c in range(4)}  # episodes i have class i % 5; no class names here
+    assert set(results) == {"test/loss", "test/miou", "test/fbiou"} | per_class
     assert 0 <= results["test/miou"] <= 100 and 0 <= results["test/fbiou"] <= 100
+    assert results["test/miou"] == pytest.approx(sum(results[k] for k in per_class) / 4, rel=1e-5)
 
     # the logged numbers are FewShotIoU over the predictions of predict_step
     preds = make_trainer(tmp_path).predict(task, loader(4, shot=2))
@@ -196,3 +199,45 @@ def test_pretrained_checkpoint(tmp_path) -> None:
     for key, value in source.net.state_dict().items():
         assert torch.equal(loaded.net.state_dict()[key], value), key
     assert loaded.hparams.pretrained == str(tmp_path / "reference.pt")
+
+
+def test_several_test_seeds_are_scored_as_separate_sets_with_their_spread(tmp_path) -> None:
+    """Each set's numbers are those of a plain test with that seed; the summary adds their spread."""
+    import json
+    import math
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    from fss.callbacks import TestResultsWriter
+    from fss.data import SyntheticDataModule
+    from fss.metrics import spread
+
+    def data(**kwargs) -> SyntheticDataModule:
+        return SyntheticDataModule(img_size=SIZE, batch_size=3, test_episodes=5, **kwargs)
+
+    task = make_task(num_classes=48)
+    single = {
+        seed: make_trainer(tmp_path).test(task, datamodule=data(seed=seed), verbose=False)[0]
+        for seed in (0, 3, 7)
+    }
+    trainer = make_trainer(tmp_path, logger=CSVLogger(tmp_path, name="sets"), callbacks=[TestResultsWriter()])
+    results = trainer.test(task, datamodule=data(test_seeds=[0, 3, 7]), verbose=False)[0]
+    for seed in (0, 3, 7):
+        for key in ("miou", "fbiou"):
+            assert results[f"test/seed{seed}/{key}"] == pytest.approx(single[seed][f"test/{key}"], abs=1e-4)
+    mious = [single[s]["test/miou"] for s in (0, 3, 7)]
+    expected = spread(mious)
+    assert results["test/miou"] == pytest.approx(expected["mean"], abs=1e-4)
+    assert results["test/miou_std"] == pytest.approx(expected["std"], abs=1e-4)
+    assert results["test/miou_ci95_high"] - results["test/miou"] == pytest.approx(
+        4.303 * expected["std"] / math.sqrt(3), abs=1e-3
+    )
+    summary = json.loads((Path(trainer.log_dir) / "test_results.json").read_text())
+    assert summary["episode_sets"] == ["seed0", "seed3", "seed7"]
+    assert summary["miou_per_set"] == pytest.approx(mious, abs=1e-3)
+    assert set(summary["per_class_iou"]) <= set(SyntheticDataModule(img_size=SIZE).class_names)
+    header = (Path(trainer.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"test/seed3/miou", "test/miou_std", "test/fbiou_ci95_low"} <= set(header)
+    # the task is reusable: a plain test afterwards is one set again
+    again = make_trainer(tmp_path).test(task, datamodule=data(seed=3), verbose=False)[0]
+    assert again["test/miou"] == pytest.approx(single[3]["test/miou"], abs=1e-6)

@@ -222,6 +222,38 @@ class EpisodicDataset(Dataset[Episode], ABC):
         )
 
 
+class EpisodeSets(Dataset[Episode]):
+    """Several independent episode sets one after the other (``data.test_seeds``).
+
+    Item ``i`` is episode ``i - offset_k`` of set ``k`` (the sets keep their own episodes), with one
+    more key, ``episode_set`` (long []): ``k``. Keys beyond the total length wrap around (the sampler
+    may fold an epoch into them; test episodes do not depend on it).
+
+    Args:
+        datasets: the sets, e.g. one dataset per seed.
+        labels: a name per set (``seed0``, ...), for logs and summaries.
+    """
+
+    def __init__(self, datasets: Sequence[EpisodicDataset], labels: Sequence[str]) -> None:
+        if not datasets or len(datasets) != len(labels):
+            raise ValueError(
+                f"EpisodeSets needs one label per dataset, got {len(datasets)} and {len(labels)}"
+            )
+        self.datasets = list(datasets)
+        self.labels = list(labels)
+        self.offsets = np.cumsum([0, *(len(d) for d in self.datasets)]).tolist()
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, key: int) -> Episode:
+        index = int(key) % len(self)
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        episode = self.datasets[k][index - self.offsets[k]]
+        episode["episode_set"] = torch.tensor(k, dtype=torch.long)
+        return episode
+
+
 class EpisodicDataModule(pl.LightningDataModule):
     """A LightningDataModule of episodic train/val/test data for one fold.
 
@@ -247,6 +279,10 @@ class EpisodicDataModule(pl.LightningDataModule):
             background, ``c + 1`` for class ``c``, 255 ignore), resized and augmented with the query:
             the labels of a base learner (BAM's stage 1, ``fss.models.PSPNet``). Synthetic, PASCAL, COCO
             with PNG masks.
+        test_seeds: evaluate on several independent test episode sets in one ``fss test``, one per
+            seed (e.g. ``[0, 1, 2, 3, 4]``; ``test_episodes`` each); the test then reports every set's
+            mIoU and FB-IoU, their mean, standard deviation and 95% confidence interval (see
+            ``docs/metrics.md``). ``null``: one set, drawn with ``seed``.
 
     Subclasses declare only their own options plus ``**kwargs`` (see the module docstring).
 
@@ -272,10 +308,18 @@ class EpisodicDataModule(pl.LightningDataModule):
         use_original_imgsize: bool = False,
         support_label: SupportLabel = "mask",
         class_maps: bool = False,
+        test_seeds: list[int] | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
         check_support_label(support_label, f"{name} (data.support_label)")
+        if test_seeds is not None:
+            test_seeds = [int(s) for s in test_seeds]
+            if not test_seeds or min(test_seeds) < 0 or len(set(test_seeds)) != len(test_seeds):
+                raise ValueError(
+                    f"{name}: data.test_seeds must be distinct non-negative seeds (e.g. [0, 1, 2, 3, 4]) or "
+                    f"null, got {test_seeds}"
+                )
         num_folds = self.dataset_class.num_folds
         if not 0 <= fold < num_folds:
             raise ValueError(f"{name}: data.fold must be in [0, {num_folds}), got {fold}")
@@ -312,7 +356,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.use_original_imgsize = use_original_imgsize
         self.support_label = support_label
         self.class_maps = class_maps
-        self.datasets: dict[str, EpisodicDataset] = {}
+        self.test_seeds = test_seeds
+        self.datasets: dict[str, Dataset[Episode]] = {}
 
     # ----------------------------------------------------------------------------------- classes
     @property
@@ -344,14 +389,20 @@ class EpisodicDataModule(pl.LightningDataModule):
         """Episodes per epoch of ``split`` (``None``: the dataset's default)."""
         return {"train": self.train_episodes, "val": self.val_episodes, "test": self.test_episodes}[split]
 
-    def build_dataset(self, split: str) -> EpisodicDataset:
-        """The dataset of ``split`` (override for datasets that need more than ``dataset_kwargs``)."""
+    @property
+    def test_set_labels(self) -> list[str] | None:
+        """``["seed0", "seed1", ...]`` with ``test_seeds`` (one label per test episode set), else ``None``."""
+        return None if self.test_seeds is None else [f"seed{s}" for s in self.test_seeds]
+
+    def build_dataset(self, split: str, seed: int | None = None) -> EpisodicDataset:
+        """The dataset of ``split`` with episode seed ``seed`` (default ``self.seed``); override for
+        datasets that need more than ``dataset_kwargs``."""
         dataset = self.dataset_class(
             split=split,
             fold=self.fold,
             shot=self.shot,
             num_episodes=self.num_episodes(split),
-            seed=self.seed,
+            seed=self.seed if seed is None else seed,
             img_size=self.img_size,
             use_original_imgsize=self.use_original_imgsize and split != "train",
             **self.dataset_kwargs(),
@@ -373,7 +424,12 @@ class EpisodicDataModule(pl.LightningDataModule):
         if needed is None:
             raise ValueError(f"unknown stage {stage!r}")
         for split in needed:
-            if split not in self.datasets:
+            if split in self.datasets:
+                continue
+            if split == "test" and self.test_seeds is not None:
+                sets = [self.build_dataset("test", seed) for seed in self.test_seeds]
+                self.datasets["test"] = EpisodeSets(sets, self.test_set_labels or [])
+            else:
                 self.datasets[split] = self.build_dataset(split)
 
     # ----------------------------------------------------------------------------------- loaders

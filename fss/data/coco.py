@@ -45,6 +45,7 @@ import numpy as np
 
 from fss.data.common import (
     PFENET_MIN_FG_PIXELS,
+    Boundary,
     DatasetLayoutError,
     FileDataModule,
     ImageEpisodeDataset,
@@ -56,6 +57,7 @@ from fss.data.common import (
     write_lines,
 )
 from fss.data.episode import IGNORE_INDEX
+from fss.data.protocols import legacy_pick
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +243,9 @@ class COCO20iDataset(ImageEpisodeDataset):
         crowd: ``include`` or ``ignore`` crowd regions (JSON masks only).
         split_dir: folder with HSNet's ``{trn,val}/fold{i}.pkl`` class lists (optional).
         min_fg_pixels: without ``split_dir``, keep images with at least this many class pixels.
-        augment, augment_config: training augmentation (see :class:`fss.data.common.Augmenter`).
         protocol: ``hsnet`` or ``pfenet`` (:class:`COCO20iDataModule`).
+        **kwargs: the options of :class:`~fss.data.common.ImageEpisodeDataset` (augmentation, resizing,
+            episode order, boundary pixels, validation part).
     """
 
     num_classes: ClassVar[int] = 80
@@ -250,6 +253,8 @@ class COCO20iDataset(ImageEpisodeDataset):
     class_names: ClassVar[tuple[str, ...]] = COCO_CLASSES
     num_folds: ClassVar[int] = 4
     display_name = "COCO-20i"
+    #: the reference loaders have no ignore label for COCO: value 255 in a PNG is background
+    reference_boundary: ClassVar[dict[str, Boundary]] = {"train": "background", "eval": "background"}
 
     def __init__(
         self,
@@ -266,9 +271,8 @@ class COCO20iDataset(ImageEpisodeDataset):
         crowd: CrowdMode = "include",
         split_dir: str | Path | None = None,
         min_fg_pixels: int = 0,
-        augment: bool = False,
-        augment_config: str | None = None,
         protocol: Protocol = "hsnet",
+        **kwargs: Any,
     ) -> None:
         self.class_split = class_split
         if protocol == "pfenet":
@@ -281,9 +285,8 @@ class COCO20iDataset(ImageEpisodeDataset):
             seed=seed,
             img_size=img_size,
             use_original_imgsize=use_original_imgsize,
-            augment=augment,
-            augment_config=augment_config,
             protocol=protocol,
+            **kwargs,
         )
         #: PFENet: training images that show a held-out class are left out
         self.excluded_classes = (
@@ -347,6 +350,12 @@ class COCO20iDataset(ImageEpisodeDataset):
         items = self.class_items[class_id]
         return items[int(rng.integers(len(items)))], class_id
 
+    def reference_query(self, rs: np.random.RandomState, index: int) -> tuple[str, int]:
+        # the class among the fold's classes, then the query among its images (index unused)
+        class_id = self.usable_class_ids[legacy_pick(rs, len(self.usable_class_ids))]
+        items = self.class_items[class_id]
+        return items[legacy_pick(rs, len(items))], class_id
+
     def image_path(self, stem: str) -> Path:
         return self.base / self.images / f"{stem}.jpg"
 
@@ -367,7 +376,8 @@ class COCO20iDataset(ImageEpisodeDataset):
         if mask_path is not None:
             label = read_label(mask_path)
             target = (label == class_id + 1).astype(np.uint8)
-            target[label == IGNORE_INDEX] = IGNORE_INDEX
+            if self.ignores_boundary():
+                target[label == IGNORE_INDEX] = IGNORE_INDEX
             return target
         assert self.annotations is not None
         height, width = self.annotations.sizes[item]

@@ -22,16 +22,19 @@ import os
 from abc import abstractmethod
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from PIL import Image
 
 from fss.data.base import EpisodicDataModule, EpisodicDataset
 from fss.data.episode import IGNORE_INDEX, Episode
+from fss.data.protocols import EpisodeIdentity, EpisodeOrder, check_episode_order, reference_sequence
 from fss.data.transforms import (
     IMAGENET_MEAN,
+    ResizeMethod,
     build_episode,
+    check_resize,
     letterbox,
     pad_to_square,
     query_mask_tensor,
@@ -59,6 +62,26 @@ class DatasetLayoutError(FileNotFoundError):
 
 class DatasetFileError(OSError):
     """One file of the dataset is missing or cannot be decoded."""
+
+
+#: what label value 255 means in query masks (see :class:`ImageEpisodeDataset`)
+Boundary = Literal["reference", "ignore", "background"]
+BOUNDARIES: tuple[str, ...] = ("reference", "ignore", "background")
+
+
+def check_boundary(boundary: str, owner: str) -> None:
+    """Raise a ``ValueError`` naming ``owner`` unless ``boundary`` is one of :data:`BOUNDARIES`."""
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"{owner}: boundary must be 'reference', 'ignore' or 'background', got {boundary!r}")
+
+
+def check_val_fraction(val_fraction: float | None, owner: str) -> None:
+    """Raise a ``ValueError`` naming ``owner`` unless ``val_fraction`` is ``None`` or in (0, 1)."""
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        raise ValueError(
+            f"{owner}: val_fraction must be null (validate on the test images, as the references) or in "
+            f"(0, 1), got {val_fraction}"
+        )
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -303,34 +326,60 @@ def usable_classes(
     shot: int,
     dataset: str,
     class_names: Sequence[str],
+    min_items: int | None = None,
 ) -> list[int]:
-    """The classes of ``class_ids`` with at least ``shot + 1`` images; warn about the others.
+    """The classes of ``class_ids`` with at least ``min_items`` images (default ``shot + 1``); warn about the others.
 
     Raises:
         ValueError: when no class is left (naming the classes and their image counts).
     """
+    need = shot + 1 if min_items is None else min_items
+    rule = f"shot+1={need}" if min_items is None else f"{need}"
     keep, dropped = [], []
     for c in class_ids:
         n = len(class_items.get(c, ()))
-        (keep if n >= shot + 1 else dropped).append((c, n))
+        (keep if n >= need else dropped).append((c, n))
     if dropped:
         listed = ", ".join(f"{class_names[c]} ({n})" for c, n in dropped[:10])
         if len(dropped) > 10:
             listed += f", ... ({len(dropped) - 10} more)"
         log.warning(
-            "%s: skipping %d class(es) with fewer than shot+1=%d images: %s",
+            "%s: skipping %d class(es) with fewer than %s images: %s",
             dataset,
             len(dropped),
-            shot + 1,
+            rule,
             listed,
         )
     if not keep:
         listed = ", ".join(f"{class_names[c]} ({n})" for c, n in dropped[:20]) or "none"
         raise ValueError(
-            f"{dataset}: no class has the shot+1={shot + 1} images an episode needs (images per class: "
+            f"{dataset}: no class has the {rule} images an episode needs (images per class: "
             f"{listed}); lower data.shot or check data.root"
         )
     return [c for c, _ in keep]
+
+
+def validation_items(class_items: Mapping[int, Sequence[Hashable]], fraction: float) -> set[Hashable]:
+    """The items set aside for validation when val and test share classes (``data.val_fraction``).
+
+    Class-stratified and deterministic (a function of the lists alone, seeded with 0): classes are
+    visited from the one with the fewest distinct items; each puts ``round(fraction * n)`` of its
+    ``n`` items into the validation part, counting those an earlier (rarer) class already placed there
+    and drawing the rest at random among its items not placed yet. An item (image) is in exactly one
+    part, so no test query or support is ever seen during validation.
+    """
+    rng = np.random.default_rng(0)
+    in_val: dict[Hashable, bool] = {}
+    distinct = {c: list(dict.fromkeys(items)) for c, items in class_items.items()}
+    for c in sorted(distinct, key=lambda c: (len(distinct[c]), c)):
+        items = distinct[c]
+        target = round(fraction * len(items))
+        have = sum(in_val.get(item, False) for item in items)
+        free = [item for item in items if item not in in_val]
+        take = min(max(target - have, 0), len(free))
+        for rank, k in enumerate(rng.permutation(len(free))):
+            in_val[free[int(k)]] = rank < take
+    return {item for item, chosen in in_val.items() if chosen}
 
 
 class ImageEpisodeDataset(EpisodicDataset):
@@ -340,30 +389,63 @@ class ImageEpisodeDataset(EpisodicDataset):
     implement :meth:`pick_query`, :meth:`load_image`, :meth:`load_target` and :meth:`item_name`.
     Call :meth:`finalize_classes` at the end of ``__init__``: it drops classes with fewer than
     ``shot + 1`` items (with a warning) and sets ``self.usable_class_ids``.
+
+    A reference's test sequence (:mod:`fss.data.protocols`) needs :meth:`reference_query` (and
+    :meth:`reference_pool` when the supports come from another list than ``class_items``).
+
+    Args:
+        *args, **kwargs: the arguments of :class:`~fss.data.base.EpisodicDataset`.
+        augment, augment_config: training augmentation (see :class:`Augmenter`).
+        resize: ``pil`` or ``opencv``: whose resizing and normalisation to reproduce
+            (:mod:`fss.data.transforms`).
+        episode_order: ``fss``, ``hsnet`` or ``asnet``: how val/test episodes are drawn
+            (:mod:`fss.data.protocols`); a reference order needs 2 images per class, not ``shot + 1``.
+        boundary: what label value 255 (VOC's object boundaries, COCO PNGs' unlabelled pixels)
+            means in query masks: ``reference`` (what the reference does for this benchmark and split,
+            :attr:`reference_boundary`), ``ignore`` (ignored by loss and metric) or ``background``.
+        val_fraction: ``None`` (the references: validation episodes use the test images) or the
+            fraction of the held-out images that only validation uses (:func:`validation_items`);
+            no effect where val and test have their own classes (FSS-1000).
     """
 
     #: a human name for messages
     display_name: str = "dataset"
     #: the random scale range of the ``pfenet`` protocol's training augmentation
     pfenet_scale: tuple[float, float] = (0.9, 1.1)
+    #: what the reference makes of label value 255 in query masks, in training and in val/test
+    reference_boundary: ClassVar[dict[str, Boundary]] = {"train": "ignore", "eval": "ignore"}
 
     def __init__(
         self,
         *args: Any,
         augment: bool = False,
         augment_config: str | None = None,
+        resize: ResizeMethod = "pil",
+        episode_order: EpisodeOrder = "fss",
+        boundary: Boundary = "reference",
+        val_fraction: float | None = None,
         protocol: Protocol = "hsnet",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        name = type(self).__name__
+        check_resize(resize, name)
+        check_episode_order(episode_order, name)
+        check_boundary(boundary, name)
+        check_val_fraction(val_fraction, name)
         if protocol not in ("hsnet", "pfenet"):
-            raise ValueError(f"data.protocol must be 'hsnet' or 'pfenet', got {protocol!r}")
-        self.protocol = protocol
+            raise ValueError(f"{name}: data.protocol must be 'hsnet' or 'pfenet', got {protocol!r}")
         self.augmenter = Augmenter(augment, augment_config) if self.split == "train" else Augmenter()
         if protocol == "pfenet" and self.split == "train" and augment_config is None:
             self.augmenter.transform = pfenet_augmentation(self.img_size, self.pfenet_scale)
+        self.resize = resize
+        self.episode_order = episode_order
+        self.boundary = boundary
+        self.val_fraction = val_fraction
+        self.protocol = protocol
         self.class_items: dict[int, list[Any]] = {}
         self.usable_class_ids: list[int] = []
+        self._sequence: list[EpisodeIdentity] | None = None
 
     # ------------------------------------------------------------------ to implement
     @abstractmethod
@@ -391,6 +473,54 @@ class ImageEpisodeDataset(EpisodicDataset):
     def item_files(self, item: Any) -> list[Path]:
         """The files ``item`` is read from (image first), for ``fss data check``."""
 
+    def reference_query(self, rs: np.random.RandomState, index: int) -> tuple[Any, int]:
+        """``(item, class_id)`` of the query of episode ``index`` as the reference test script picks it,
+        drawing from the legacy generator ``rs`` what the reference draws (see :mod:`fss.data.protocols`)."""
+        raise ValueError(f"{self.display_name} has no reference test sequence: use episode_order: fss")
+
+    def reference_pool(self, class_id: int) -> list[Any]:
+        """The items the reference draws the supports of ``class_id`` from, in its order."""
+        return self.class_items[class_id]
+
+    # ------------------------------------------------------------------ episode identities
+    @property
+    def follows_reference(self) -> bool:
+        """Whether episodes follow a reference's test sequence (val/test with ``episode_order`` not ``fss``)."""
+        return self.episode_order != "fss" and self.split != "train"
+
+    @property
+    def sequence(self) -> list[EpisodeIdentity] | None:
+        """The identities of all episodes under a reference order (computed once), else ``None``.
+
+        The data module computes it when it builds the dataset, so the workers and processes that
+        receive a copy of the dataset share it.
+        """
+        if self._sequence is None and self.follows_reference:
+            order: EpisodeOrder = self.episode_order  # type: ignore[assignment]
+            self._sequence = reference_sequence(
+                order, self.seed, self.num_episodes, self.shot, self.reference_query, self.reference_pool
+            )
+        return self._sequence
+
+    def ignores_boundary(self) -> bool:
+        """Whether label value 255 is ignored (255) in this split's query masks, else background."""
+        mode = self.boundary
+        if mode == "reference":
+            mode = self.reference_boundary["train" if self.split == "train" else "eval"]
+        return mode == "ignore"
+
+    def identity(self, rng: np.random.Generator, index: int) -> EpisodeIdentity:
+        """Query, supports and class of episode ``index`` (precomputed, or drawn with ``rng``)."""
+        if self.sequence is not None:
+            return self.sequence[index]
+        query, class_id = self.pick_query(rng, index)
+        return EpisodeIdentity(query, tuple(self.draw_supports(rng, class_id, query)), class_id)
+
+    def episode_identity(self, index: int) -> tuple[str, list[str], int]:
+        """``(query name, support names, class id)`` of episode ``index``, without reading any image."""
+        query, supports, class_id = self.identity(self.rng(index), index)
+        return self.item_name(query), [self.item_name(s) for s in supports], class_id
+
     # ------------------------------------------------------------------ shared logic
     @property
     def data_root(self) -> Path:
@@ -402,7 +532,8 @@ class ImageEpisodeDataset(EpisodicDataset):
         raise AttributeError(f"{type(self).__name__} has no root folder attribute (voc, base or root)")
 
     def finalize_classes(self) -> None:
-        """Keep the classes of this split with at least ``shot + 1`` items (warn about the others).
+        """Keep this split's part of the images (``val_fraction``) and the classes with enough of them
+        (``shot + 1``, or 2 under a reference order, which draws supports with replacement).
 
         Items with a file in the root's left-out list (``fss data check --fix-lists``) are dropped first.
         """
@@ -415,9 +546,25 @@ class ImageEpisodeDataset(EpisodicDataset):
                     for item in items
                     if not any(_relative(f, root) in excluded for f in self.item_files(item))
                 ]
+        if self.val_fraction is not None and self.split != "train" and self.shares_eval_classes():
+            chosen = validation_items(self.class_items, self.val_fraction)
+            wanted = self.split == "val"
+            self.class_items = {
+                c: [item for item in items if (item in chosen) == wanted]
+                for c, items in self.class_items.items()
+            }
         self.usable_class_ids = usable_classes(
-            self.class_items, self.class_ids, self.shot, f"{self.display_name} {self.split}", self.class_names
+            self.class_items,
+            self.class_ids,
+            self.shot,
+            f"{self.display_name} {self.split}",
+            self.class_names,
+            min_items=2 if self.follows_reference else None,
         )
+
+    def shares_eval_classes(self) -> bool:
+        """Whether val and test episodes draw from the same classes (they do in PASCAL-5i and COCO-20i)."""
+        return set(self.split_class_ids("val", self.fold)) == set(self.split_class_ids("test", self.fold))
 
     def draw_supports(self, rng: np.random.Generator, class_id: int, query: Any) -> list[Any]:
         """``shot`` distinct items of ``class_id`` other than ``query``, drawn with ``rng``.
@@ -432,11 +579,16 @@ class ImageEpisodeDataset(EpisodicDataset):
     def load_pair(
         self, item: Any, class_id: int, query: bool, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Image [H, W, 3] and target map [H, W] of ``item``, augmented for training."""
+        """Image [H, W, 3] and target map of ``item``, augmented for training.
+
+        The target map keeps its own size (the references resize a mask straight to ``img_size``,
+        even when it is not the size of its image), except under augmentation, which needs the two
+        aligned: there it is first resized to the image (nearest).
+        """
         image = self.load_image(item)
-        target = match_size(self.load_target(item, class_id, query), image)
+        target = self.load_target(item, class_id, query)
         if self.augmenter.enabled:
-            image, target = self.augmenter(rng, image, target)
+            image, target = self.augmenter(rng, image, match_size(target, image))
         return image, target
 
     def load_query_with_classes(
@@ -454,12 +606,12 @@ class ImageEpisodeDataset(EpisodicDataset):
         if self.augmenter.enabled:
             image, classes = self.augmenter(rng, image, classes)
         target = (classes == class_id + 1).astype(np.uint8)
-        target[classes == 255] = 255
+        if self.ignores_boundary():  # as load_target: 255 ignored, or background (boundary)
+            target[classes == 255] = 255
         return image, target, classes
 
     def make_episode(self, rng: np.random.Generator, index: int) -> Episode:
-        query, class_id = self.pick_query(rng, index)
-        supports = self.draw_supports(rng, class_id, query)
+        query, supports, class_id = self.identity(rng, index)
         q_img, q_tgt, q_classes = self.load_query_with_classes(query, class_id, rng)
         pairs = [self.load_pair(item, class_id, False, rng) for item in supports]
         org_target = q_tgt
@@ -477,6 +629,7 @@ class ImageEpisodeDataset(EpisodicDataset):
             query_name=self.item_name(query),
             support_names=[self.item_name(item) for item in supports],
             keep_original_mask=self.use_original_imgsize,
+            resize=self.resize,
         )
         if q_classes is not None:
             episode["query_classes"] = query_mask_tensor(q_classes, self.img_size)
@@ -500,21 +653,67 @@ class ImageEpisodeDataset(EpisodicDataset):
 
 
 class FileDataModule(EpisodicDataModule):
-    """Base of the data modules over image files: the shared episode options plus augmentation.
+    """Base of the data modules over image files: the shared episode options plus those of files.
 
     Args:
         augment: built-in albumentations augmentation of training episodes (:func:`default_augmentation`).
         augment_config: path of an ``albumentations.save``-d pipeline for training (overrides ``augment``).
+        resize: how images and masks are resized and normalised, reproducing a reference exactly:
+            ``pil`` (HSNet, ASNet, HM: PIL bilinear on the uint8 image) or ``opencv`` (VAT). See
+            ``fss/data/transforms.py``.
+        episode_order: how val/test episodes are drawn: ``fss`` (independent per-episode generators),
+            ``hsnet`` (the test sequence of HSNet's, VAT's and HM's ``test.py``: one legacy NumPy
+            generator seeded with ``seed``) or ``asnet`` (ASNet's: one per episode). Training episodes
+            always follow ``fss``. See ``fss/data/protocols.py``.
+        boundary: label value 255 in query masks (VOC's object boundaries; COCO PNGs' unlabelled
+            pixels): ``reference`` (as the references: PASCAL-5i ignores it in val/test and trains on
+            it as background, COCO-20i takes it as background), ``ignore`` (ignored everywhere) or
+            ``background`` (background everywhere). Support masks never count it as the class.
+        val_fraction: ``null``: validation episodes come from the test images, as in the references
+            (so the best epoch is chosen on test data); a fraction in (0, 1): that part of the held-out
+            images (class-stratified, fixed) is used by validation only and the rest by test.
+            FSS-1000 has its own validation classes and ignores it.
         **kwargs: the shared episode options of :class:`~fss.data.base.EpisodicDataModule`.
 
     Subclasses declare their ``root`` and other own options, pass ``**kwargs`` on, and merge their
     dataset arguments into :meth:`dataset_kwargs`.
     """
 
-    def __init__(self, augment: bool = False, augment_config: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        augment: bool = False,
+        augment_config: str | None = None,
+        resize: ResizeMethod = "pil",
+        episode_order: EpisodeOrder = "fss",
+        boundary: Boundary = "reference",
+        val_fraction: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        name = type(self).__name__
+        check_resize(resize, f"{name} (data.resize)")
+        check_episode_order(episode_order, f"{name} (data.episode_order)")
+        check_boundary(boundary, f"{name} (data.boundary)")
+        check_val_fraction(val_fraction, f"{name} (data.val_fraction)")
         self.augment = augment
         self.augment_config = augment_config
+        self.resize: ResizeMethod = resize
+        self.episode_order: EpisodeOrder = episode_order
+        self.boundary: Boundary = boundary
+        self.val_fraction = val_fraction
 
     def dataset_kwargs(self) -> dict[str, Any]:
-        return {"augment": self.augment, "augment_config": self.augment_config}
+        return {
+            "augment": self.augment,
+            "augment_config": self.augment_config,
+            "resize": self.resize,
+            "episode_order": self.episode_order,
+            "boundary": self.boundary,
+            "val_fraction": self.val_fraction,
+        }
+
+    def build_dataset(self, split: str, seed: int | None = None) -> EpisodicDataset:
+        dataset = super().build_dataset(split, seed)
+        if isinstance(dataset, ImageEpisodeDataset):
+            dataset.sequence  # noqa: B018 - computed now, before workers and processes copy the dataset
+        return dataset

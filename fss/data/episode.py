@@ -17,6 +17,8 @@ key                    shape / type         meaning
                                             (only with ``use_original_imgsize``; batch size 1)
 ``query_classes``      long [H, W]          optional: the query's class map, 0 background, ``c + 1``
                                             for class ``c``, 255 ignore (only with ``data.class_maps``)
+``episode_set``        long []              optional: which of several test episode sets the episode
+                                            belongs to (only with ``data.test_seeds``)
 =====================  ===================  ==========================================================
 
 :func:`collate_episodes` batches B episodes: tensors gain a leading batch dimension (``query_img``
@@ -66,10 +68,11 @@ class _EpisodeRequired(TypedDict):
 
 
 class Episode(_EpisodeRequired, total=False):
-    """One few-shot episode (see the module docstring for shapes); ``org_query_mask`` is optional."""
+    """One few-shot episode (see the module docstring for shapes); the last keys are optional."""
 
     org_query_mask: Tensor
     query_classes: Tensor
+    episode_set: Tensor
 
 
 class EpisodeBatch(TypedDict, total=False):
@@ -85,6 +88,7 @@ class EpisodeBatch(TypedDict, total=False):
     org_query_imsize: Tensor
     org_query_mask: Tensor | list[Tensor]
     query_classes: Tensor
+    episode_set: Tensor
 
 
 def check_episode(episode: Episode, shot: int | None = None, img_size: int | None = None) -> None:

@@ -7,7 +7,9 @@ Layout under ``root`` (``root`` may also contain these inside an ``FSS-1000`` fo
 
 One folder per class, any number of images per class, any image size. Masks are single-channel (or RGB,
 converted to grey) PNGs: foreground where the value is >= 128, or, for masks whose values are only 0
-and 1, where it is 1. FSS-1000 has 1000 classes of 10 images (224 x 224).
+and 1, where it is 1 (``mask_rule: auto``; ``threshold`` is HSNet's rule, >= 128 always). A mask of
+another size than its image is resized straight to ``img_size``, as HSNet does. FSS-1000 has 1000
+classes of 10 images (224 x 224).
 
 Splits (``train`` / ``val`` / ``test`` are disjoint sets of classes):
 
@@ -24,6 +26,10 @@ Episodes: val/test visit every image of the split once as the query (``val_episo
 ``test_episodes: null``, the default; with a number ``n`` the queries are spread over the list, cycled
 when ``n`` is larger), with ``shot`` distinct other images of its class as supports, drawn from the
 episode generator. Training: one epoch = every training image once as the query, in shuffled order.
+``episode_order: hsnet`` follows HSNet's test sequence instead (``fss/data/protocols.py``): file
+names in string order (1, 10, 2, ...), supports drawn with replacement from one seeded legacy stream.
+HSNet's FSS-1000 loader always scores at ``img_size`` (it has no original-size mode); fss allows
+``use_original_imgsize`` here, which no reference number used.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -58,6 +64,9 @@ SPLIT_FRACTIONS: tuple[float, float, float] = (0.52, 0.24, 0.24)
 _LIST_FILES = {"train": "trn.txt", "val": "val.txt", "test": "test.txt"}
 #: (root, split_seed) of the random splits already announced in this process (warn once each)
 _ANNOUNCED: set[tuple[str, int]] = set()
+
+#: how mask files become 0/1 masks (see :class:`FSS1000DataModule`)
+MaskRule = Literal["threshold", "auto"]
 
 #: (image file, mask file) names inside a class folder
 ImageItem = tuple[str, str, str]
@@ -184,7 +193,8 @@ class FSS1000Dataset(ImageEpisodeDataset):
         fold: must be 0 (no folds).
         split_dir: folder with ``trn.txt``, ``val.txt``, ``test.txt`` class lists (optional).
         split_seed: seed of the random class split used without ``split_dir``.
-        augment, augment_config: training augmentation (see :class:`fss.data.common.Augmenter`).
+        **kwargs: the options of :class:`~fss.data.common.ImageEpisodeDataset` (augmentation, resizing,
+            episode order, boundary pixels, validation part).
     """
 
     num_classes: ClassVar[int] = 1000
@@ -204,9 +214,13 @@ class FSS1000Dataset(ImageEpisodeDataset):
         use_original_imgsize: bool = False,
         split_dir: str | Path | None = None,
         split_seed: int = 0,
-        augment: bool = False,
-        augment_config: str | None = None,
+        mask_rule: MaskRule = "auto",
+        **kwargs: Any,
     ) -> None:
+        if mask_rule not in ("threshold", "auto"):
+            raise ValueError(f"data.mask_rule must be 'threshold' or 'auto', got {mask_rule!r}")
+        self.mask_rule = mask_rule
+        self._warned_01: set[Path] = set()  # class folders whose 0/1 masks were reported
         self.root = resolve_folder_root(root)
         self.splits = class_splits(self.root, split_dir, split_seed)
         names = ordered_class_names(self.splits)
@@ -220,8 +234,7 @@ class FSS1000Dataset(ImageEpisodeDataset):
             seed=seed,
             img_size=img_size,
             use_original_imgsize=use_original_imgsize,
-            augment=augment,
-            augment_config=augment_config,
+            **kwargs,
         )
         for c in self.class_ids:
             folder = self.root / names[c]
@@ -229,6 +242,12 @@ class FSS1000Dataset(ImageEpisodeDataset):
         self.finalize_classes()
         self.queries: list[tuple[ImageItem, int]] = [
             (item, c) for c in self.usable_class_ids for item in self.class_items[c]
+        ]
+        #: the reference's query order: class by class, file names sorted as strings (1, 10, 2, ...)
+        self.string_ordered_queries = [
+            (item, c)
+            for c in self.usable_class_ids
+            for item in sorted(self.class_items[c], key=lambda i: i[1])
         ]
 
     def split_class_ids(self, split: str, fold: int) -> list[int]:  # type: ignore[override]
@@ -244,14 +263,27 @@ class FSS1000Dataset(ImageEpisodeDataset):
     def pick_query(self, rng: np.random.Generator, index: int) -> tuple[ImageItem, int]:
         return self.queries[query_position(index, self.num_episodes, len(self.queries))]
 
+    def reference_query(self, rs: np.random.RandomState, index: int) -> tuple[ImageItem, int]:
+        return self.string_ordered_queries[index % len(self.string_ordered_queries)]
+
     def load_image(self, item: ImageItem) -> np.ndarray:
         return read_image(self.root / item[0] / item[1])
 
     def load_target(self, item: ImageItem, class_id: int, query: bool) -> np.ndarray:
         path = self.root / item[0] / item[2]
-        # by meaning (fss.data.masks): 0/1, 0/255 and anti-aliased masks as the reference reads them
-        # (>= 128), class-index masks (e.g. {0, 15}) by their class instead of as empty
-        return mask_foreground(read_label(path, grey=True), False, path, allow_empty=True).astype(np.uint8)
+        label = read_label(path, grey=True)
+        if self.mask_rule == "auto":
+            # by meaning (fss.data.masks): 0/1, 0/255 and anti-aliased masks (>= 128 as the reference),
+            # class-index masks (e.g. {0, 15}) by their class instead of as empty
+            return mask_foreground(label, False, path, allow_empty=True).astype(np.uint8)
+        if label.max() == 1 and path.parent not in self._warned_01:  # a 0/1 mask, empty by the threshold
+            self._warned_01.add(path.parent)
+            log.warning(
+                "FSS-1000: mask %s holds only 0 and 1, which the threshold rule (grey >= 128, as HSNet "
+                "and VAT) reads as empty; set data.mask_rule: auto to read masks by meaning",
+                path,
+            )
+        return (label >= 128).astype(np.uint8)
 
     def item_name(self, item: ImageItem) -> str:
         return f"{item[0]}/{Path(item[1]).stem}"
@@ -269,6 +301,10 @@ class FSS1000DataModule(FileDataModule):
         split_dir: folder with the class lists ``trn.txt``, ``val.txt``, ``test.txt``; ``null`` splits
             the classes at random (seeded by ``split_seed``; 52/24/24 %).
         split_seed: seed of that random class split (independent of the episode ``seed``).
+        mask_rule: ``auto``: masks holding only 0 and 1 take 1 as foreground, all others the grey
+            value >= 128; ``threshold``: always grey >= 128, exactly as HSNet and VAT read masks (a mask
+            holding only 0 and 1 then reads as empty, with a warning naming it; the reproduction
+            configs use it, although FSS-1000's own masks are 0/255, where the two agree).
         **kwargs: the augmentation options of :class:`~fss.data.common.FileDataModule` and the shared
             episode options of :class:`~fss.data.base.EpisodicDataModule` (``fold`` is always 0:
             FSS-1000 has no folds; episode counts ``null``: every image of the split once as the query).
@@ -281,12 +317,16 @@ class FSS1000DataModule(FileDataModule):
         root: str,
         split_dir: str | None = None,
         split_seed: int = 0,
+        mask_rule: MaskRule = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if mask_rule not in ("threshold", "auto"):
+            raise ValueError(f"data.mask_rule must be 'threshold' or 'auto', got {mask_rule!r}")
         self.root = root
         self.split_dir = split_dir
         self.split_seed = split_seed
+        self.mask_rule: MaskRule = mask_rule
         self._splits: dict[str, list[str]] | None = None
 
     @property
@@ -324,4 +364,5 @@ class FSS1000DataModule(FileDataModule):
             "root": self.root,
             "split_dir": self.split_dir,
             "split_seed": self.split_seed,
+            "mask_rule": self.mask_rule,
         }

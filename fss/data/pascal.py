@@ -44,6 +44,7 @@ import numpy as np
 from fss.data.base import contiguous_fold_class_ids
 from fss.data.common import (
     PFENET_MIN_FG_PIXELS,
+    Boundary,
     DatasetLayoutError,
     FileDataModule,
     ImageEpisodeDataset,
@@ -183,14 +184,17 @@ class Pascal5iDataset(ImageEpisodeDataset):
         class_split: ``standard`` (PASCAL-5i folds) or ``coco2pascal`` (cross-domain test classes).
         min_fg_pixels: generated lists keep pairs with at least this many class pixels (``pfenet``:
             at least 2048 = 2 x 32 x 32, PFENet's rule).
-        augment, augment_config: training augmentation (see :class:`fss.data.common.Augmenter`).
         protocol: ``hsnet`` or ``pfenet`` (:class:`PascalDataModule`).
+        **kwargs: the options of :class:`~fss.data.common.ImageEpisodeDataset` (augmentation, resizing,
+            episode order, boundary pixels, validation part).
     """
 
     num_classes: ClassVar[int] = 20
     class_names: ClassVar[tuple[str, ...]] = PASCAL_CLASSES
     num_folds: ClassVar[int] = 4
     display_name = "PASCAL-5i"
+    #: HSNet (and ASNet, VAT) score val/test with boundaries ignored but train on them as background
+    reference_boundary: ClassVar[dict[str, Boundary]] = {"train": "background", "eval": "ignore"}
 
     def __init__(
         self,
@@ -205,9 +209,8 @@ class Pascal5iDataset(ImageEpisodeDataset):
         split_dir: str | Path | None = None,
         class_split: PascalClassSplit = "standard",
         min_fg_pixels: int = 0,
-        augment: bool = False,
-        augment_config: str | None = None,
         protocol: Protocol = "hsnet",
+        **kwargs: Any,
     ) -> None:
         self.class_split = class_split
         if protocol == "pfenet":
@@ -220,9 +223,8 @@ class Pascal5iDataset(ImageEpisodeDataset):
             seed=seed,
             img_size=img_size,
             use_original_imgsize=use_original_imgsize,
-            augment=augment,
-            augment_config=augment_config,
             protocol=protocol,
+            **kwargs,
         )
         self.voc = resolve_voc_root(root)
         self.split_dir = Path(split_dir).expanduser() if split_dir is not None else None
@@ -280,6 +282,9 @@ class Pascal5iDataset(ImageEpisodeDataset):
     def pick_query(self, rng: np.random.Generator, index: int) -> tuple[str, int]:
         return self.pairs[query_position(index, self.num_episodes, len(self.pairs))]
 
+    def reference_query(self, rs: np.random.RandomState, index: int) -> tuple[str, int]:
+        return self.pairs[index % len(self.pairs)]  # HSNet: idx %= len(list); nothing drawn
+
     def image_path(self, name: str) -> Path:
         return self.voc / "JPEGImages" / f"{name}.jpg"
 
@@ -292,7 +297,8 @@ class Pascal5iDataset(ImageEpisodeDataset):
     def load_target(self, item: str, class_id: int, query: bool) -> np.ndarray:
         label = read_label(self.mask_path(item))
         target = (label == class_id + 1).astype(np.uint8)
-        target[label == IGNORE_INDEX] = IGNORE_INDEX
+        if self.ignores_boundary():
+            target[label == IGNORE_INDEX] = IGNORE_INDEX
         return target
 
     def load_class_map(self, item: str) -> np.ndarray:

@@ -10,7 +10,7 @@ from fss.study.cluster import submit, write_slurm
 from fss.study.config import Study, StudyConfigError, command_line
 from fss.study.plots import plot_curves
 from fss.study.runner import run_study
-from fss.study.tables import MEASURES, RUN_COLUMNS, collect, markdown, summarize, write_csv
+from fss.study.tables import MEASURES, RUN_COLUMNS, SPREAD_MEASURES, collect, markdown, summarize, write_csv
 
 
 def report(study: Study) -> dict[str, Path]:
@@ -25,6 +25,7 @@ def report(study: Study) -> dict[str, Path]:
     }
     write_csv(paths["runs.csv"], records, RUN_COLUMNS)
     summary_columns = ["variant", "fold", "runs"] + [f"{k}_{s}" for k, _ in MEASURES for s in ("mean", "std")]
+    summary_columns += [f"{k}_ci95_{s}" for k in SPREAD_MEASURES for s in ("low", "high", "over")]
     write_csv(paths["summary.csv"], summary, summary_columns)
     per_class = [
         {"variant": r["variant"], "fold": r["fold"], "seed": r["seed"], "class": name, "iou": iou}

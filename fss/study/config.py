@@ -344,11 +344,7 @@ class Study:
             if resume:
                 args += ["--ckpt_path", str(run.last_ckpt)]
         else:
-            args += [
-                "--trainer.callbacks+=fss.callbacks.TestResultsWriter",
-                "--ckpt_path",
-                str(run.best_ckpt),
-            ]
+            args += ["--ckpt_path", str(run.best_ckpt)]  # the CLI writes test_results.json
         return args
 
     def pretrain_args(self) -> list[str] | None:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fss.metrics import spread
+
 if TYPE_CHECKING:
     from fss.study.config import Study
 
@@ -24,6 +26,9 @@ MEASURES: tuple[tuple[str, str], ...] = (
     ("test_fbiou", "Test FB-IoU (%) of the best checkpoint"),
     ("wall_time_s", "Wall-clock time of fit (s)"),
 )
+#: the measures that also get a 95% confidence interval (over a group's runs, or over one run's
+#: test episode sets, ``data.test_seeds``)
+SPREAD_MEASURES: tuple[str, ...] = ("test_miou", "test_fbiou")
 RUN_COLUMNS: tuple[str, ...] = (
     "variant",
     "fold",
@@ -33,6 +38,13 @@ RUN_COLUMNS: tuple[str, ...] = (
     "best_val_miou",
     "test_miou",
     "test_fbiou",
+    "test_sets",
+    "test_miou_sets_std",
+    "test_miou_ci95_low",
+    "test_miou_ci95_high",
+    "test_fbiou_sets_std",
+    "test_fbiou_ci95_low",
+    "test_fbiou_ci95_high",
     "epochs_run",
     "wall_time_s",
     "initial_val_miou",
@@ -78,6 +90,8 @@ def collect(study: Study) -> list[dict[str, Any]]:
             "best_val_miou": best.get("best_val_miou"),
             "test_miou": test.get("test_miou"),
             "test_fbiou": test.get("test_fbiou"),
+            "test_sets": len(test.get("episode_sets", [])) or (1 if test else None),
+            **_set_spread(test),
             "epochs_run": best.get("epochs_run"),
             "wall_time_s": best.get("wall_time_s"),
             "initial_val_miou": best.get("initial_val_miou"),
@@ -92,6 +106,17 @@ def collect(study: Study) -> list[dict[str, Any]]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _set_spread(test: dict[str, Any]) -> dict[str, Any]:
+    """A run's spread over its test episode sets (``test_results.json``; None with one set)."""
+    out: dict[str, Any] = {}
+    for key in SPREAD_MEASURES:
+        spread = test.get(f"{key.removeprefix('test_')}_spread") or {}
+        out[f"{key}_sets_std"] = spread.get("std")
+        out[f"{key}_ci95_low"] = spread.get("ci95_low")
+        out[f"{key}_ci95_high"] = spread.get("ci95_high")
+    return out
 
 
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -116,10 +141,26 @@ def summarize(records: list[dict[str, Any]], folds: list[int]) -> list[dict[str,
         }
         for key, _ in MEASURES:
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std([m[key] for m in members])
+        for key in SPREAD_MEASURES:
+            row[f"{key}_ci95_low"], row[f"{key}_ci95_high"], row[f"{key}_ci95_over"] = _interval(members, key)
         rows.append(row)
     order = {str(f): i for i, f in enumerate(folds)} | {"mean": len(folds)}
     variants = list(dict.fromkeys(r["variant"] for r in records))
     return sorted(rows, key=lambda r: (variants.index(r["variant"]), order[r["fold"]]))
+
+
+def _interval(members: list[dict[str, Any]], key: str) -> tuple[float | None, float | None, str | None]:
+    """95% CI of ``key``: over the group's runs when there are several (Student's t), else over the
+    single run's test episode sets when it has several; ``(low, high, "runs" | "episode sets")``."""
+    values = [m[key] for m in members if m.get(key) is not None]
+    if len(values) >= 2:
+        s = spread(values)
+        return s["ci95_low"], s["ci95_high"], "runs"
+    if len(values) == 1:
+        (member,) = [m for m in members if m.get(key) is not None]
+        if member.get(f"{key}_ci95_low") is not None:
+            return member[f"{key}_ci95_low"], member[f"{key}_ci95_high"], "episode sets"
+    return None, None, None
 
 
 def _cell(mean: float | None, std: float | None, key: str) -> str:
@@ -154,10 +195,13 @@ def markdown(study: Study, summary: list[dict[str, Any]], records: list[dict[str
         ]
         lines.append("|---" * (len(columns) + 1) + "|")
         for variant in variants:
-            row = [
-                _cell(cells[(variant, c)][f"{key}_mean"], cells[(variant, c)][f"{key}_std"], key)
-                for c in columns
-            ]
+            row = []
+            for c in columns:
+                cell = cells[(variant, c)]
+                text = _cell(cell[f"{key}_mean"], cell[f"{key}_std"], key)
+                if key in SPREAD_MEASURES and cell.get(f"{key}_ci95_low") is not None:
+                    text += f" [{cell[f'{key}_ci95_low']:.1f}, {cell[f'{key}_ci95_high']:.1f}]"
+                row.append(text)
             lines.append(f"| {variant} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

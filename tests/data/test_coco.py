@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fss.data.coco import COCO20iDataModule, COCO20iDataset, coco_class_ids, coco_fold_class_ids
 from fss.data.common import DatasetLayoutError
@@ -190,3 +191,20 @@ def test_pfenet_protocol_drops_training_images_with_held_out_classes(tmp_path: P
     ep = dataset(root, fold=0, protocol="pfenet", img_size=64, use_original_imgsize=True).episode(0)
     assert ep["org_query_mask"].shape == (200, 200) and (ep["org_query_mask"][160:] == 255).all()
     assert (ep["query_mask"][48:] == 255).all()  # 160 x 200 -> 48 x 64 (floored to multiples of 8)
+
+
+def test_png_value_255_is_background_as_in_hsnet_or_ignored_by_option(
+    coco_root: Path, tmp_path: Path
+) -> None:
+    """HSNet's COCO loader has no ignore label: a PNG pixel valued 255 scores as background."""
+    root = Path(shutil.copytree(coco_root, tmp_path / "coco"))
+    ref = dataset(root, mask_source="png")
+    stem = ref.class_items[0][0]
+    png = root / "annotations" / "val2014" / f"{stem}.png"
+    label = np.array(Image.open(png))
+    label[:4] = 255
+    Image.fromarray(label).save(png)
+    by_default = dataset(root, mask_source="png").load_target(stem, 0, True)
+    assert by_default[:4].max() == 0 and np.array_equal(by_default[4:], (label[4:] == 1).astype(np.uint8))
+    ignored = dataset(root, mask_source="png", boundary="ignore").load_target(stem, 0, True)
+    assert (ignored[:4] == 255).all() and np.array_equal(ignored[4:], by_default[4:])

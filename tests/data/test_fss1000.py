@@ -97,6 +97,24 @@ def test_own_dataset_png_images_any_size_and_binary_masks(tmp_path: Path) -> Non
         check_episode(ds.episode(i), shot=1, img_size=32)
 
 
+def test_mask_rule_threshold_reads_a_01_mask_as_empty_like_hsnet_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = make_fss1000(tmp_path / "own", n_classes=3, n_images=3)
+    Image.fromarray(np.eye(32, dtype=np.uint8)).save(root / FSS1000_NAMES[0] / "1.png")  # a 0/1 mask
+    item = (FSS1000_NAMES[0], "1.jpg", "1.png")
+    auto = FSS1000Dataset(root, "train", img_size=32, mask_rule="auto")
+    assert auto.load_target(item, 0, True).sum() == 32
+    threshold = FSS1000Dataset(root, "train", img_size=32, mask_rule="threshold")
+    with caplog.at_level(logging.WARNING, logger="fss"):
+        assert threshold.load_target(item, 0, True).sum() == 0
+        threshold.load_target(item, 0, True)
+    warnings = [r.message for r in caplog.records if "holds only 0 and 1" in r.message]
+    assert len(warnings) == 1 and "data.mask_rule: auto" in warnings[0]  # once per class folder
+    with pytest.raises(ValueError, match="mask_rule must be 'threshold' or 'auto'"):
+        FSS1000DataModule(root=str(root), mask_rule="binary")
+
+
 def test_test_episodes_do_not_depend_on_worker_count(fss_root: Path, lists: Path) -> None:
     def batches(num_workers: int) -> list[dict]:
         dm = FSS1000DataModule(

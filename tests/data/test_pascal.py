@@ -19,6 +19,7 @@ from fss.data.pascal import (
     coco2pascal_class_ids,
     pascal_class_ids,
 )
+from fss.data.transforms import resize_label
 from tests.data.fixtures import make_pascal, pascal_image_classes
 
 N_IMAGES = 40  # per split: every class is in exactly 4 images of each split
@@ -113,6 +114,25 @@ def test_masks_keep_ignore_in_query_and_drop_it_in_supports(voc_root: Path) -> N
             assert (raw_target(voc_root, name, c) == 1).any()
 
 
+@pytest.mark.parametrize(
+    ("boundary", "train_has_255", "test_has_255"),
+    [("reference", False, True), ("ignore", True, True), ("background", False, False)],
+)
+def test_boundary_pixels_follow_the_reference_or_the_option(
+    voc_root: Path, boundary: str, train_has_255: bool, test_has_255: bool
+) -> None:
+    """HSNet trains on VOC's boundary pixels as background and ignores them when scoring."""
+    for split, expected in (("train", train_has_255), ("test", test_has_255)):
+        ds = Pascal5iDataset(voc_root, split, num_episodes=6, img_size=32, boundary=boundary)
+        for i in range(6):
+            ep = ds.episode(i)
+            assert (255 in ep["query_mask"].unique().tolist()) == expected
+            assert set(ep["support_masks"].unique().tolist()) <= {0.0, 1.0}
+            raw = raw_target(voc_root, ep["query_name"], int(ep["class_id"]))
+            fg = resize_label(raw, 32) == 1
+            assert torch.equal(ep["query_mask"] == 1, fg)  # the class itself never changes
+
+
 def test_query_cycles_through_the_list_in_order(voc_root: Path) -> None:
     ds = Pascal5iDataset(voc_root, "test", fold=0, num_episodes=50, img_size=32)
     n = len(ds.pairs)
@@ -174,7 +194,8 @@ def test_class_maps_follow_the_query(voc_root: Path, augment: bool) -> None:
     ep = ds.episode(3, epoch=1)
     classes, mask, c = ep["query_classes"], ep["query_mask"], int(ep["class_id"])
     assert classes.shape == mask.shape == (32, 32) and classes.dtype == torch.long
-    assert torch.equal(classes == c + 1, mask == 1) and torch.equal(classes == 255, mask == 255)
+    assert torch.equal(classes == c + 1, mask == 1)
+    assert (classes[mask == 255] == 255).all()  # boundaries: ignored or background in the mask, 255 in the map
     assert set(classes.unique().tolist()) - {0, 255} >= {c + 1}
     if not augment:  # the same episode as without class maps
         assert torch.equal(ep["query_img"], plain["query_img"]) and torch.equal(mask, plain["query_mask"])
