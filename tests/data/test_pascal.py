@@ -195,7 +195,9 @@ def test_class_maps_follow_the_query(voc_root: Path, augment: bool) -> None:
     classes, mask, c = ep["query_classes"], ep["query_mask"], int(ep["class_id"])
     assert classes.shape == mask.shape == (32, 32) and classes.dtype == torch.long
     assert torch.equal(classes == c + 1, mask == 1)
-    assert (classes[mask == 255] == 255).all()  # boundaries: ignored or background in the mask, 255 in the map
+    assert (
+        classes[mask == 255] == 255
+    ).all()  # boundaries: ignored or background in the mask, 255 in the map
     assert set(classes.unique().tolist()) - {0, 255} >= {c + 1}
     if not augment:  # the same episode as without class maps
         assert torch.equal(ep["query_img"], plain["query_img"]) and torch.equal(mask, plain["query_mask"])
