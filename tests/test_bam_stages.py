@@ -128,3 +128,21 @@ def BAM_BACKBONE():
     from fss.backbones import DilatedResNet
 
     return DilatedResNet(weights=None, width=4)
+
+
+def test_a_bam_checkpoint_rebuilds_without_the_base_learner_file(tmp_path: Path) -> None:
+    """``base_learner`` only initialises: the task's description leaves it out, the checkpoint holds its weights."""
+    from fss.components import describe_options, part_form
+
+    net = PSPNet(backbone=BAM_BACKBONE(), num_base_classes=36, hidden=32)
+    net.set_train_classes(list(range(12, 48)))
+    ckpt = tmp_path / "base.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, ckpt)
+    bam = BAM(backbone=BAM_BACKBONE(), base_learner=str(ckpt), reduce_dim=16)
+    described = describe_options(bam)["net"]
+    assert "base_learner" not in described["init_args"] and described["init_args"]["num_base_classes"] == 36
+    config = {
+        "class_path": "fss.models.BAM",
+        "init_args": {"base_learner": "elsewhere.ckpt", "reduce_dim": 16, "num_base_classes": 36},
+    }
+    assert part_form("net", config) == part_form("net", described)

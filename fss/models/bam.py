@@ -279,6 +279,7 @@ class BAM(FewShotSegmenter):
     learner_name = "learner"
     num_levels = 3
     fuses_shots = True
+    init_only_args = ("base_learner",)
 
     def __init__(
         self,
@@ -303,6 +304,7 @@ class BAM(FewShotSegmenter):
             base_classes = recorded[1]
         if base_classes is not None:
             num_base_classes = len(base_classes)
+            self.init_args["num_base_classes"] = num_base_classes  # what a checkpoint rebuilds
         #: global class id of each base-learner channel 1..C ([-1] * C when unknown)
         self.register_buffer(
             "base_class_ids",

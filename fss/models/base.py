@@ -94,6 +94,10 @@ class FewShotSegmenter(RecordsInitArgs, nn.Module):
     num_levels: ClassVar[int] = 3
     #: True: the model implements ``fuse_shots`` and returns one logit map per episode
     fuses_shots: ClassVar[bool] = False
+    #: constructor arguments that only initialise weights (a file to read): left out of the
+    #: description a checkpoint records (the checkpoint holds those weights), so that rebuilding
+    #: the model from it never needs the file, and a config may name another copy
+    init_only_args: ClassVar[tuple[str, ...]] = ()
     #: on CPU, at inference, a per-shot model processes its shots one at a time
     #: (``fss.speed.per_shot_logits``) from this many query pixels on; None: never
     cpu_per_shot_min_pixels: ClassVar[int | None] = PER_SHOT_MIN_PIXELS
