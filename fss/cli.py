@@ -84,7 +84,14 @@ from fss.task import FewShotSegmentationTask
 #: extra commands: name -> ("module:function", one-line help). The function takes the remaining
 #: arguments (list[str]) and returns an exit code (or None). Add a command with one line here.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("fss.data.check:main", "dataset tools: fss data check --config X.yaml"),
+    "data": (
+        "fss.data.prepare:data_main",
+        "dataset tools: fss data check --config X.yaml | fss data prepare deepglobe|isic --src D --dst R",
+    ),
+    "crossdomain": (
+        "fss.crossdomain:main",
+        "test one checkpoint on every cross-domain target: fss crossdomain --config configs/crossdomain.yaml",
+    ),
     "study": ("fss.study:main", "convergence-speed study: fss study --config configs/study_demo.yaml"),
     "pretrain": (
         "fss.pretrain:main",

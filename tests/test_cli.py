@@ -187,10 +187,13 @@ def test_link_and_overrides_reach_the_objects(tmp_path: Path) -> None:
     assert "BestEpochTracker" in callbacks
 
 
-#: configs of the Lightning subcommands; study_*/pretrain_* configs belong to ``fss study`` /
-#: ``fss pretrain`` and are parsed by tests/test_study.py and tests/test_pretrain.py
+#: configs of the Lightning subcommands; study_*/pretrain_*/crossdomain* configs belong to ``fss study``
+#: / ``fss pretrain`` / ``fss crossdomain`` and are parsed by tests/test_study.py, tests/test_pretrain.py
+#: and tests/test_crossdomain.py
 LIGHTNING_CONFIGS = sorted(
-    p.name for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith(("study_", "pretrain_"))
+    p.name
+    for p in (REPO / "configs").glob("*.yaml")
+    if not p.name.startswith(("study_", "pretrain_", "crossdomain"))
 )
 
 

@@ -6,18 +6,29 @@ To add a dataset, import its module's public classes below and list them in ``__
 
 from fss.data.base import EpisodicDataModule, EpisodicDataset
 from fss.data.coco import COCO20iDataModule, COCO20iDataset
+from fss.data.deepglobe import DeepglobeDataModule, DeepglobeDataset
 from fss.data.episode import Episode, EpisodeBatch, check_episode, collate_episodes
 from fss.data.fss1000 import FSS1000DataModule, FSS1000Dataset
+from fss.data.isic import ISICDataModule, ISICDataset
+from fss.data.lung import LungDataModule, LungDataset
 from fss.data.pascal import Pascal5iDataset, PascalDataModule
 from fss.data.sampling import EpisodeSampler, episode_rng
+from fss.data.suim import SUIMDataModule, SUIMDataset
 from fss.data.synthetic import SyntheticDataModule, SyntheticFSS
+from fss.data.synthetic_shift import SyntheticShiftDataModule, SyntheticShiftFSS
 from fss.data.user import UserDataError, UserPredictDataModule
 
 __all__ = [
     "COCO20iDataModule",
     "COCO20iDataset",
+    "DeepglobeDataModule",
+    "DeepglobeDataset",
     "FSS1000DataModule",
     "FSS1000Dataset",
+    "ISICDataModule",
+    "ISICDataset",
+    "LungDataModule",
+    "LungDataset",
     "Pascal5iDataset",
     "PascalDataModule",
     "Episode",
@@ -27,6 +38,10 @@ __all__ = [
     "EpisodicDataset",
     "SyntheticDataModule",
     "SyntheticFSS",
+    "SyntheticShiftDataModule",
+    "SyntheticShiftFSS",
+    "SUIMDataModule",
+    "SUIMDataset",
     "UserDataError",
     "UserPredictDataModule",
     "check_episode",

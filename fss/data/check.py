@@ -44,7 +44,7 @@ class DatasetCheckError(RuntimeError):
 def _splits_to_check(dm: EpisodicDataModule) -> list[tuple[int, tuple[str, ...]]]:
     """(fold, splits) to build: train+test per fold, or train/val/test without folds."""
     num_folds = dm.dataset_class.num_folds
-    if getattr(dm, "class_split", None) == "coco2pascal":
+    if getattr(dm, "class_split", None) == "coco2pascal" or getattr(dm, "test_only", False):
         return [(fold, ("test",)) for fold in range(num_folds)]
     splits = ("train", "val", "test") if num_folds == 1 else ("train", "test")
     return [(fold, splits) for fold in range(num_folds)]

@@ -31,6 +31,11 @@ Val/test: 1000 episodes per fold by default; training: one epoch = ``len(list)``
 
 Cross-domain (``class_split: coco2pascal``): test-only; fold ``i``'s classes are the PASCAL classes
 whose COCO counterpart lies in COCO-20i's interleaved fold ``i``, over the pairs of all four val lists.
+
+Cross-domain source (``class_split: all``, PATNet's ``--fold 4``): training episodes use all 20 classes
+over the ``trn`` lists of all four folds; val/test all 20 classes over all four ``val`` lists (``fold``
+is ignored). PATNet selects its checkpoint on FSS-1000's val classes instead; here validation stays
+on PASCAL.
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ PASCAL_CLASSES: tuple[str, ...] = (
 #: the 1-based COCO class index (in COCO's category order) of each PASCAL class
 PASCAL_TO_COCO: tuple[int, ...] = (5, 2, 15, 9, 40, 6, 3, 16, 57, 20, 61, 17, 18, 4, 1, 59, 19, 58, 7, 63)
 
-PascalClassSplit = Literal["standard", "coco2pascal"]
+PascalClassSplit = Literal["standard", "coco2pascal", "all"]
 
 LAYOUT = """  <root>/VOC2012/JPEGImages/<name>.jpg
   <root>/VOC2012/SegmentationClassAug/<name>.png   (class index per pixel, 255 on boundaries)
@@ -85,7 +90,9 @@ def coco2pascal_class_ids(fold: int) -> list[int]:
 
 
 def pascal_class_ids(split: str, fold: int, class_split: PascalClassSplit) -> list[int]:
-    """The classes of ``split`` for ``fold`` under ``class_split`` (``standard`` or ``coco2pascal``)."""
+    """The classes of ``split`` for ``fold`` under ``class_split`` (``standard``, ``coco2pascal``, ``all``)."""
+    if class_split == "all":
+        return list(range(20))
     if class_split == "standard":
         held_out = contiguous_fold_class_ids(20, 4, fold)
         return [c for c in range(20) if c not in held_out] if split == "train" else held_out
@@ -96,7 +103,7 @@ def pascal_class_ids(split: str, fold: int, class_split: PascalClassSplit) -> li
                 "fss fit --config configs/coco_hsnet_hm.yaml --data.fold i)"
             )
         return coco2pascal_class_ids(fold)
-    raise ValueError(f"data.class_split must be 'standard' or 'coco2pascal', got {class_split!r}")
+    raise ValueError(f"data.class_split must be 'standard', 'coco2pascal' or 'all', got {class_split!r}")
 
 
 def resolve_voc_root(root: str | Path) -> Path:
@@ -249,7 +256,7 @@ class Pascal5iDataset(ImageEpisodeDataset):
 
     # ------------------------------------------------------------------ episode lists
     def _list_folds(self) -> list[int]:
-        if self.class_split == "coco2pascal":
+        if self.class_split in ("coco2pascal", "all"):
             return [0, 1, 2, 3]
         return [f for f in range(4) if f != self.fold] if self.split == "train" else [self.fold]
 
@@ -318,7 +325,8 @@ class PascalDataModule(FileDataModule):
         root: folder containing ``VOC2012`` (JPEGImages, SegmentationClassAug, ImageSets).
         split_dir: folder with the standard lists ``{trn,val}/fold{i}.txt`` (``<image>__<cc>`` lines);
             ``null`` generates lists from the masks (cached, with a warning).
-        class_split: ``standard`` or ``coco2pascal`` (test-only cross-domain classes).
+        class_split: ``standard``, ``coco2pascal`` (test-only cross-domain classes) or ``all`` (every
+            class in every split: the source of the PATNet cross-domain protocol).
         min_fg_pixels: generated lists keep (image, class) pairs with at least this many class pixels.
         protocol: ``hsnet`` (HSNet's: resize to ``img_size`` square, the lists as given) or ``pfenet``
             (PFENet/BAM/NTRENet's: training crops of ``img_size`` (473) with PFENet's augmentation,
@@ -345,8 +353,10 @@ class PascalDataModule(FileDataModule):
         if protocol not in ("hsnet", "pfenet"):
             raise ValueError(f"data.protocol must be 'hsnet' or 'pfenet', got {protocol!r}")
         self.protocol: Protocol = protocol
-        if class_split not in ("standard", "coco2pascal"):
-            raise ValueError(f"data.class_split must be 'standard' or 'coco2pascal', got {class_split!r}")
+        if class_split not in ("standard", "coco2pascal", "all"):
+            raise ValueError(
+                f"data.class_split must be 'standard', 'coco2pascal' or 'all', got {class_split!r}"
+            )
         if min_fg_pixels < 0:
             raise ValueError(f"data.min_fg_pixels must be >= 0, got {min_fg_pixels}")
         self.root = root

@@ -306,6 +306,12 @@ class SyntheticFSS(EpisodicDataset):
     def default_num_episodes(self) -> int:
         return 2000 if self.split == "train" else 1000
 
+    def restyle(self, rng: np.random.Generator, imgs: np.ndarray) -> None:
+        """Change the appearance of the rendered images float32 [K+1, 3, S, S] in [0, 1] in place.
+
+        Nothing here; the cross-domain twin (:mod:`fss.data.synthetic_shift`) overrides it.
+        """
+
     def make_episode(self, rng: np.random.Generator, index: int) -> Episode:
         class_id = self.class_ids[index % len(self.class_ids)]
         size = self.img_size
@@ -317,6 +323,7 @@ class SyntheticFSS(EpisodicDataset):
             np.equal(class_map, class_id, out=masks[k])
             if k == 0:
                 query_classes = torch.from_numpy(class_map.astype(np.int64) + 1)  # background -1 -> 0
+        self.restyle(rng, imgs)
         normalize_array_(imgs)
         name = f"synthetic/{self.split}/fold{self.fold}/{index:06d}"
         query_mask = torch.from_numpy(masks[0].astype(np.int64))

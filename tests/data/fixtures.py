@@ -254,3 +254,147 @@ def write_fss1000_lists(
     for file, names in (("trn.txt", train), ("val.txt", val), ("test.txt", test)):
         (split_dir / file).write_text("".join(f"{n}\n" for n in names))
     return split_dir
+
+
+# ------------------------------------------------------------------------------- cross-domain targets
+def _blob_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A bool [h, w] ellipse covering roughly 10-40% of the image, at a random place."""
+    cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
+    ry, rx = rng.uniform(0.2, 0.35) * h, rng.uniform(0.2, 0.35) * w
+    yy, xx = np.mgrid[0:h, 0:w]
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+def _varied_size(rng: np.random.Generator, k: int) -> tuple[int, int]:
+    """(h, w) of image ``k``: varied sizes and aspect ratios, 24-56 px."""
+    return int(24 + (k * 7) % 33), int(24 + (k * 13 + int(rng.integers(0, 5))) % 33)
+
+
+def make_deepglobe(root: Path, n_per_class: tuple[int, ...] = (4, 3, 5, 3, 4, 3), seed: int = 0) -> Path:
+    """A prepared Deepglobe tree (``root/Deepglobe/<k>/test/{origin,groundtruth}``); returns ``root``.
+
+    Class folder ``k`` gets ``n_per_class[k-1]`` patches ``<id>_sat_<ij>.jpg`` of varied sizes with a
+    binary mask written as OpenCV writes it (3-channel, 0 / 255), and one non-jpg file the loaders skip.
+    """
+    rng = np.random.default_rng(seed)
+    for k, n in enumerate(n_per_class, start=1):
+        base = root / "Deepglobe" / str(k) / "test"
+        for i in range(n):
+            h, w = _varied_size(rng, 10 * k + i)
+            fg = _blob_mask(rng, h, w)
+            img = _paint(rng, fg.astype(np.int64) * k)
+            stem = f"{100 + 7 * i + k}_sat_{i % 6}{(i * 5) % 6}"
+            _save_jpeg(base / "origin" / f"{stem}.jpg", img)
+            mask = np.repeat((fg * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+            (base / "groundtruth").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(base / "groundtruth" / f"{stem}.png")
+        (base / "origin" / "Thumbs.db").write_bytes(b"not an image")
+    return root
+
+
+def make_deepglobe_download(src: Path, n_tiles: int = 3, size: int = 60, seed: int = 0) -> Path:
+    """An official-style Deepglobe download: ``src/train/<id>_sat.jpg`` + ``<id>_mask.png`` colour masks.
+
+    Each tile's mask is a few rectangles in the official colours with values jittered by up to 20 (the
+    real masks are not exactly 0/255); one region is black ("unknown"). Also writes ``metadata.csv``.
+    """
+    from fss.data.deepglobe import CLASS_COLOURS
+
+    rng = np.random.default_rng(seed)
+    folder = src / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in range(n_tiles):
+        colours = np.zeros((size, size, 3), dtype=np.int16)
+        colours[:] = CLASS_COLOURS[t % 6]
+        for r in range(4):
+            y0, x0 = (int(v) for v in rng.integers(0, size - 12, size=2))
+            colours[y0 : y0 + int(rng.integers(6, 20)), x0 : x0 + int(rng.integers(6, 20))] = CLASS_COLOURS[
+                (t + r + 1) % 6
+            ]
+        colours[: size // 10, : size // 10] = 0  # unknown
+        jitter = rng.integers(-20, 21, size=colours.shape)
+        noisy = np.where(colours > 127, np.clip(colours + np.minimum(jitter, 0), 128, 255), np.abs(jitter))
+        Image.fromarray(noisy.astype(np.uint8)).save(folder / f"{1000 + t}_mask.png")
+        _save_jpeg(folder / f"{1000 + t}_sat.jpg", _paint(rng, (colours.sum(axis=2) // 100).astype(np.int64)))
+    (src / "metadata.csv").write_text(
+        "image_id,split\n" + "".join(f"{1000 + t},train\n" for t in range(n_tiles))
+    )
+    return src
+
+
+ISIC_DIAGNOSES: tuple[str, ...] = ("nevus", "melanoma", "seborrheic_keratosis")
+
+
+def make_isic_download(src: Path, n_images: int = 12, seed: int = 0) -> Path:
+    """An ISIC 2018 task 1 download (images, ``_segmentation.png`` masks) plus ``class_id.csv`` (ID,Class).
+
+    Image ``k`` is ``ISIC_<7 digits>``, diagnosis ``ISIC_DIAGNOSES[k % 3]``; the last image has no class.
+    """
+    rng = np.random.default_rng(seed)
+    rows = ["ID,Class"]
+    for k in range(n_images):
+        name = f"ISIC_{1000 + 3 * k:07d}"
+        h, w = _varied_size(rng, k)
+        fg = _blob_mask(rng, h, w)
+        _save_jpeg(
+            src / "ISIC2018_Task1-2_Training_Input" / f"{name}.jpg", _paint(rng, fg.astype(np.int64) * 3)
+        )
+        _save_png(src / "ISIC2018_Task1_Training_GroundTruth" / f"{name}_segmentation.png", fg * 255)
+        if k < n_images - 1:
+            rows.append(f"{name},{ISIC_DIAGNOSES[k % 3]}")
+    (src / "class_id.csv").write_text("\n".join(rows) + "\n")
+    return src
+
+
+def make_isic(root: Path, n_images: int = 12, seed: int = 0) -> Path:
+    """A prepared ISIC tree under ``root/ISIC`` (written by ``prepare_isic`` from a fixture download)."""
+    from fss.data.isic import prepare_isic
+
+    src = make_isic_download(root / "download", n_images, seed)
+    prepare_isic(src, root)
+    return root
+
+
+def make_lung(root: Path, n_images: int = 6, seed: int = 0, montgomery: int = 1) -> Path:
+    """A Chest X-ray tree ``root/LungSegmentation/{CXR_png,masks}``: greyscale radiographs of varied
+    sizes with ``<name>_mask.png`` masks (the last ``montgomery`` masks named like their image)."""
+    rng = np.random.default_rng(seed)
+    base = root / "LungSegmentation"
+    (base / "CXR_png").mkdir(parents=True, exist_ok=True)
+    for k in range(n_images):
+        h, w = _varied_size(rng, k)
+        lungs = _blob_mask(rng, h, w)
+        grey = np.clip(rng.normal(90, 20, size=(h, w)) + 80 * lungs, 0, 255).astype(np.uint8)
+        mont = k >= n_images - montgomery
+        name = f"MCUCXR_{k:04d}_0" if mont else f"CHNCXR_{k:04d}_0"
+        Image.fromarray(grey, mode="L").save(base / "CXR_png" / f"{name}.png")
+        _save_png(base / "masks" / (f"{name}.png" if mont else f"{name}_mask.png"), lungs * 255)
+    return root
+
+
+#: SUIM's 3-bit colour of each class id (R, G, B bits)
+def suim_colour(class_id: int) -> tuple[int, int, int]:
+    return (255 * ((class_id >> 2) & 1), 255 * ((class_id >> 1) & 1), 255 * (class_id & 1))
+
+
+def make_suim(root: Path, n_train_val: int = 8, n_test: int = 4, seed: int = 0) -> Path:
+    """A SUIM tree ``root/SUIM/{train_val,TEST}/{images,masks}``: JPEG images of varied sizes and RGB
+    BMP masks whose colours are jittered (not exactly 0/255). Image ``k`` shows sea-floor (7) as the
+    background, class ``1 + k % 6`` as a blob, and a 1-pixel speck of class 4 (below ``min_fraction``)."""
+    rng = np.random.default_rng(seed)
+    k = 0
+    for subset, n in (("train_val", n_train_val), ("TEST", n_test)):
+        for _ in range(n):
+            h, w = _varied_size(rng, k)
+            label = np.full((h, w), 7, dtype=np.int64)
+            label[_blob_mask(rng, h, w)] = 1 + k % 6
+            label[0, 0] = 4
+            rgb = np.array([suim_colour(int(c)) for c in range(8)], dtype=np.int16)[label]
+            jitter = rng.integers(0, 30, size=rgb.shape)
+            rgb = np.where(rgb > 0, rgb - jitter, jitter).astype(np.uint8)
+            name = f"d_r_{100 + k}_"
+            _save_jpeg(root / "SUIM" / subset / "images" / f"{name}.jpg", _paint(rng, label))
+            (root / "SUIM" / subset / "masks").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(root / "SUIM" / subset / "masks" / f"{name}.bmp")
+            k += 1
+    return root

@@ -65,6 +65,18 @@ def test_coco2pascal_classes_match_the_published_mapping() -> None:
         pascal_class_ids("train", 0, "coco2pascal")
 
 
+def test_class_split_all_trains_and_validates_on_every_class(tmp_path: Path) -> None:
+    """PATNet's cross-domain source: all 20 classes, over every fold's lists (``fold`` is ignored)."""
+    voc_root = make_pascal(tmp_path, n_train=N_IMAGES, n_val=N_IMAGES)
+    assert pascal_class_ids("train", 2, "all") == pascal_class_ids("val", 0, "all") == list(range(20))
+    train = Pascal5iDataset(voc_root, "train", fold=3, class_split="all", num_episodes=None, img_size=32)
+    assert set(train.pairs) == expected_pairs(2008, list(range(20)))
+    val = Pascal5iDataset(voc_root, "val", class_split="all", num_episodes=10, img_size=32)
+    assert set(val.pairs) == expected_pairs(2007, list(range(20)))
+    dm = PascalDataModule(root=str(voc_root), class_split="all")
+    assert dm.train_class_ids == dm.eval_class_ids == list(range(20))
+
+
 # ----------------------------------------------------------------------------------------- lists
 def test_generated_lists_hold_every_pair_and_are_cached(
     voc_root: Path, caplog: pytest.LogCaptureFixture
