@@ -121,7 +121,7 @@ def describe_options(net: FewShotSegmenter) -> dict[str, Any]:
     masking = net.masking
     registered = MASKINGS.get(getattr(masking, "name", None)) is type(masking) and not masking.init_args
     return {
-        "net": describe(net, skip=("backbone", "masking", "weights")),
+        "net": describe(net, skip=("backbone", "masking", "weights", *net.init_only_args)),
         "backbone": describe(net.backbone),
         "masking": masking.name if registered else describe(masking),
     }
@@ -161,6 +161,7 @@ def part_form(part: str, value: Any) -> dict[str, Any]:
             ):
                 args[name] = param.default
     args.update({k: v for k, v in kwargs.items() if k != "__path__"})
+    skip = (*skip, *getattr(cls, "init_only_args", ()))  # e.g. BAM's base_learner: a checkpoint holds it
     args = {k: list(v) if isinstance(v, tuple) else v for k, v in args.items() if k not in skip}
     return {"class_path": class_path(cls) if inspect.isclass(cls) else str(cls), "init_args": args}
 

@@ -4,16 +4,20 @@
 and ``masking`` (registered names or classes with options; see ``fss.components``), so that configs
 and the CLI can say ``--model.net hsnet --model.backbone resnet50 --model.masking fm``.
 
-* training: cross-entropy (ignore index 255) on the logits [B, 2, H, W] (mean over the K shots);
+* training: cross-entropy (ignore index 255) on the logits [B, 2, H, W] (mean over the K shots), or
+  the network's own training loss (``FewShotSegmenter.training_loss``: BAM adds its auxiliary term,
+  logged as ``train/loss_<term>``);
   the training mIoU/FB-IoU use the argmax of those logits, as the reference training loop does;
 * validation / test: the k-shot prediction rule (``kshot_rule``) on the per-shot logits, the same
   loss for monitoring, and the metrics of ``fss.metrics.FewShotIoU``. With
   ``use_original_imgsize`` batches (an ``org_query_mask`` key), each episode is predicted and
   scored at its original mask size;
-* optimizer: Adam (default, HSNet/ASNet) or AdamW (VAT) over the learner's trainable parameters
-  only; the backbone is frozen and stays in eval mode. ``decoder_lr`` gives the parameters whose
-  name contains ``decoder`` their own group (VAT's recipe); ``scheduler: cosine`` anneals every
-  group from its lr to ``min_lr`` over ``trainer.max_epochs`` epochs, stepped once per epoch.
+* optimizer: Adam (default, HSNet/ASNet), AdamW (VAT) or SGD (BAM) over the network's trainable
+  parameters only (``FewShotSegmenter.trainable_parameters``: the learner's; the backbone is frozen
+  and stays in eval mode, except in PSPNet, BAM's base learner). ``decoder_lr`` gives the parameters
+  whose name contains ``decoder`` their own group (VAT's recipe; PSPNet's 10x head);
+  ``scheduler: cosine`` anneals every group from its lr to ``min_lr`` over ``trainer.max_epochs``
+  epochs, stepped once per epoch; ``scheduler: poly`` decays it every step (BAM, PSPNet).
 
 Logged keys: ``{train,val,test}/loss`` (epoch means), ``{train,val,test}/miou`` and
 ``{train,val,test}/fbiou`` (computed over the epoch), and ``train/loss_step``. The test also logs
@@ -117,13 +121,16 @@ class FewShotSegmentationTask(pl.LightningModule):
         fg_weight: weight of the foreground class in the loss (1.0 = the references' plain CE).
         pretrained: path of a reference or published checkpoint loaded into the network with
             ``load_reference_state_dict`` (e.g. to test the authors' weights).
-        optimizer: ``adam`` (HSNet, ASNet references) or ``adamw`` (VAT reference).
+        optimizer: ``adam`` (HSNet, ASNet references), ``adamw`` (VAT reference) or ``sgd`` (with
+            ``momentum``: BAM and PSPNet, the prototype family).
         weight_decay: weight decay of every parameter group (0 in all three references; Adam's is
             an L2 penalty, AdamW's is decoupled).
         decoder_lr: learning rate of the learner parameters whose name contains ``decoder`` (VAT's
             second parameter group); None: one group at ``lr``.
-        scheduler: ``none`` (constant lr, all references' shipped configs) or ``cosine``
-            (``CosineAnnealingLR`` with ``T_max = trainer.max_epochs``, stepped per epoch).
+        scheduler: ``none`` (constant lr, all references' shipped configs), ``cosine``
+            (``CosineAnnealingLR`` with ``T_max = trainer.max_epochs``, stepped per epoch) or ``poly``
+            (the prototype family's: ``lr * (1 - step / total_steps) ** poly_power`` every step, over
+            ``trainer.estimated_stepping_batches``).
         min_lr: the cosine schedule's final learning rate (``eta_min``; VAT's 1e-6).
         fscs: FS-CS mode (N-way episodes, the iFSL head, ER and FS-CS mIoU); the CLI links it from
             ``data.fscs``.
@@ -134,6 +141,8 @@ class FewShotSegmentationTask(pl.LightningModule):
             reference's loaders do: needed to reproduce its N > 1-way numbers exactly).
         fscs_ignore_pixels: how the FS-CS mIoU scores ignore (255) query pixels: ``background`` (the
             iFSL evaluator, default) or ``ignore`` (see :class:`~fss.metrics.FSCSIoU`).
+        momentum: SGD's momentum (0.9 in BAM).
+        poly_power: the poly schedule's exponent (0.9 in BAM).
     """
 
     #: hyperparameters that do not describe the network: with ``--ckpt_path`` an explicit value on the
@@ -152,6 +161,8 @@ class FewShotSegmentationTask(pl.LightningModule):
         "weak",
         "support_mask_values",
         "fscs_ignore_pixels",
+        "momentum",
+        "poly_power",
     )
     #: hyperparameters that only initialise the network: ignored when a checkpoint is loaded
     INIT_ONLY: tuple[str, ...] = ("pretrained",)
@@ -166,24 +177,26 @@ class FewShotSegmentationTask(pl.LightningModule):
         num_classes: int = 1000,
         fg_weight: float = 1.0,
         pretrained: str | None = None,
-        optimizer: Literal["adam", "adamw"] = "adam",
+        optimizer: Literal["adam", "adamw", "sgd"] = "adam",
         weight_decay: float = 0.0,
         decoder_lr: float | None = None,
-        scheduler: Literal["none", "cosine"] = "none",
+        scheduler: Literal["none", "cosine", "poly"] = "none",
         min_lr: float = 1e-6,
         fscs: bool = False,
         weak: bool = False,
         support_mask_values: ifsl.SupportMaskValues = "binary",
         fscs_ignore_pixels: IgnorePixels = "background",
+        momentum: float = 0.9,
+        poly_power: float = 0.9,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(OBJECT_OPTIONS))  # objects: described below
         if fg_weight <= 0:
             raise ValueError(f"model.fg_weight must be positive, got {fg_weight}")
-        if optimizer not in ("adam", "adamw"):
-            raise ValueError(f"model.optimizer must be 'adam' or 'adamw', got {optimizer!r}")
-        if scheduler not in ("none", "cosine"):
-            raise ValueError(f"model.scheduler must be 'none' or 'cosine', got {scheduler!r}")
+        if optimizer not in ("adam", "adamw", "sgd"):
+            raise ValueError(f"model.optimizer must be 'adam', 'adamw' or 'sgd', got {optimizer!r}")
+        if scheduler not in ("none", "cosine", "poly"):
+            raise ValueError(f"model.scheduler must be 'none', 'cosine' or 'poly', got {scheduler!r}")
         for name, value in (("lr", lr), ("decoder_lr", decoder_lr), ("min_lr", min_lr)):
             if value is not None and value < 0:
                 raise ValueError(f"model.{name} must be non-negative, got {value}")
@@ -213,10 +226,14 @@ class FewShotSegmentationTask(pl.LightningModule):
         self.test_set_labels: list[str] | None = None
 
     def setup(self, stage: str) -> None:
-        """Before a test: one metric slot per test episode set of the data module (``test_set_labels``)."""
+        """Before fitting, tell the network the data's training classes (BAM's base learner records
+        them); before a test, one metric slot per test episode set of the data module
+        (``test_set_labels``)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and hasattr(datamodule, "train_class_ids"):
+            self.net.set_train_classes(list(datamodule.train_class_ids))
         if stage != "test":
             return
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         labels = getattr(datamodule, "test_set_labels", None)
         if self.hparams.fscs:
             if labels and len(labels) > 1:
@@ -316,9 +333,12 @@ class FewShotSegmentationTask(pl.LightningModule):
         episode_set = batch.get("episode_set")  # [B] with several test episode sets, else None
         metric = self.metric(stage)
         if stage == "train":
-            logits = self.net(query_img, support_imgs, support_masks)
-            loss = self.loss(logits, target)
+            loss, logits, terms = self.net.training_loss(batch, self.loss)
             metric.update(logits.detach().argmax(dim=1), target, class_id)
+            for name, value in terms.items():
+                self.log(
+                    f"train/loss_{name}", value, on_epoch=True, on_step=False, batch_size=target.shape[0]
+                )
         else:
             shot_logits = self.net.forward_shots(query_img, support_imgs, support_masks)  # [B,K,2,H,W]
             loss = self.loss(shot_logits.mean(dim=1), target)
@@ -419,7 +439,7 @@ class FewShotSegmentationTask(pl.LightningModule):
         ``decoder``, the second those that do, as the VAT reference splits them.
         """
         hp = self.hparams
-        named = [(n, p) for n, p in self.net.learner.named_parameters() if p.requires_grad]
+        named = self.net.trainable_parameters()
         if hp.decoder_lr is None:
             return [{"params": [p for _, p in named], "lr": hp.lr, "name": "learner"}]
         decoder = [p for n, p in named if "decoder" in n]
@@ -437,10 +457,22 @@ class FewShotSegmentationTask(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer | OptimizerLRSchedulerConfig:
         """Adam or AdamW over :meth:`param_groups`, with the optional per-epoch cosine schedule."""
         hp = self.hparams
-        optimizer_cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        optimizer = optimizer_cls(self.param_groups(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                self.param_groups(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            )
+        else:
+            optimizer_cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+            optimizer = optimizer_cls(self.param_groups(), lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.scheduler == "none":
             return optimizer
+        if hp.scheduler == "poly":
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
+            power = hp.poly_power
+            poly = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda step: max(1 - step / total, 0.0) ** power
+            )
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": poly, "interval": "step"}}
         max_epochs = self.trainer.max_epochs
         if max_epochs is None or max_epochs < 1:
             raise ValueError(

@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -116,7 +117,21 @@ def fit_subprocess(config: Path, root: Path) -> subprocess.CompletedProcess:
         "--trainer.default_root_dir",
         str(root),
     ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    # Ctrl+C as in a terminal: a shell without job control starts background jobs with SIGINT ignored,
+    # and a Python started so never raises KeyboardInterrupt (the CI runner may be such a job)
+    return subprocess.run(
+        cmd,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=_default_sigint,  # noqa: PLW1509 - no threads are started before the fork
+    )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def last_ckpt(root: Path) -> Path:

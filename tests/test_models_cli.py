@@ -50,6 +50,8 @@ TINY = [
 NET_ARGS = {
     "vat": ["--model.net", "VAT", "--model.net.feature_size", "8", "--model.net.benchmark", "pascal",
             "--model.optimizer", "adamw", "--model.lr", "5e-4", "--model.decoder_lr", "1e-4"],
+    # BAM without a base-learner checkpoint: random base learner over the data's 36 training classes
+    "bam": ["--model.net", "BAM", "--model.net.reduce_dim", "16", "--model.net.num_base_classes", "36"],
 }  # fmt: skip
 
 

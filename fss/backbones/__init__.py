@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from fss.backbones.base import BackboneWeightsError, FeatureBackbone, FeatureInfo
+from fss.backbones.dilated_resnet import DilatedResNet
 from fss.backbones.resnet import ResNet
 from fss.backbones.timm_backbone import TimmBackbone
 
@@ -21,6 +22,8 @@ BACKBONES: dict[str, tuple[type[FeatureBackbone], dict[str, Any]]] = {
     "resnet34": (ResNet, {"name": "resnet34"}),
     "resnet50": (ResNet, {"name": "resnet50"}),
     "resnet101": (ResNet, {"name": "resnet101"}),
+    "dilated_resnet50": (DilatedResNet, {"name": "resnet50"}),
+    "dilated_resnet101": (DilatedResNet, {"name": "resnet101"}),
     "dinov2_vits14": (TimmBackbone, {"name": "vit_small_patch14_dinov2.lvd142m"}),
     "dinov2_vitb14": (TimmBackbone, {"name": "vit_base_patch14_dinov2.lvd142m"}),
 }
@@ -28,6 +31,7 @@ BACKBONES: dict[str, tuple[type[FeatureBackbone], dict[str, Any]]] = {
 __all__ = [
     "BACKBONES",
     "BackboneWeightsError",
+    "DilatedResNet",
     "FeatureBackbone",
     "FeatureInfo",
     "ResNet",

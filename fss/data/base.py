@@ -115,6 +115,9 @@ class EpisodicDataset(Dataset[Episode], ABC):
     #: FS-CS episodes of ``way`` ways instead of FS-S ones (set by the data module, see the docstring)
     fscs: bool = False
     way: int = 1
+    #: episodes also carry ``query_classes``, the query's class map (the base learner's labels, BAM
+    #: stage 1); a class default so that subclasses need not forward it (the data module sets it)
+    class_maps: bool = False
 
     #: total number of classes of the benchmark (size of the metric state)
     num_classes: ClassVar[int]
@@ -216,7 +219,16 @@ class EpisodicDataset(Dataset[Episode], ABC):
 
     def apply_support_label(self, episode: Episode) -> Episode:
         """Replace ``support_masks`` ([K, H, W], or [N, K, H, W] in FS-CS) by their filled boxes
-        (``bbox``) or by ones (``tag``); ``mask`` keeps them."""
+        (``bbox``) or by ones (``tag``); ``mask`` keeps them.
+
+        Also checks that a dataset asked for class maps (``class_maps``) gave ``query_classes``.
+        """
+        if self.class_maps and "query_classes" not in episode:
+            raise ValueError(
+                f"data.class_maps: {type(self).__name__} does not provide the query's class map "
+                "(query_classes), which the base learner trains on; use a dataset that does "
+                "(SyntheticFSS, Pascal5iDataset, COCO20iDataset with PNG masks)"
+            )
         if self.support_label == "bbox":
             episode["support_masks"] = mask_to_bbox(episode["support_masks"])
         elif self.support_label == "tag":
@@ -317,6 +329,10 @@ class EpisodicDataModule(pl.LightningDataModule):
             ``way`` support classes of ``shot`` images each, a query showing any subset of them (or
             none), ``query_class_presence`` [N] and an (N+1)-class ``query_mask``.
         way: number of support classes N of an FS-CS episode (1 without ``fscs``).
+        class_maps: episodes also carry ``query_classes`` long [H, W], the query's class map (0
+            background, ``c + 1`` for class ``c``, 255 ignore), resized and augmented with the query:
+            the labels of a base learner (BAM's stage 1, ``fss.models.PSPNet``). Synthetic, PASCAL, COCO
+            with PNG masks.
         test_seeds: evaluate on several independent test episode sets in one ``fss test``, one per
             seed (e.g. ``[0, 1, 2, 3, 4]``; ``test_episodes`` each); the test then reports every set's
             mIoU and FB-IoU, their mean, standard deviation and 95% confidence interval (see
@@ -347,6 +363,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         support_label: SupportLabel = "mask",
         fscs: bool = False,
         way: int = 1,
+        class_maps: bool = False,
         test_seeds: list[int] | None = None,
     ) -> None:
         super().__init__()
@@ -400,6 +417,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.support_label = support_label
         self.fscs = fscs
         self.way = way
+        self.class_maps = class_maps
         self.test_seeds = test_seeds
         self.datasets: dict[str, Dataset[Episode]] = {}
 
@@ -454,6 +472,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         # set, not passed: dataset classes need not take the argument (the base class handles it)
         dataset.support_label = getattr(self, "support_label", "mask")
         dataset.configure_fscs(getattr(self, "fscs", False), getattr(self, "way", 1))
+        dataset.class_maps = getattr(self, "class_maps", False)
         return dataset
 
     def setup(self, stage: str | None = None) -> None:

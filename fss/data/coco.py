@@ -44,10 +44,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from fss.data.common import (
+    PFENET_MIN_FG_PIXELS,
     Boundary,
     DatasetLayoutError,
     FileDataModule,
     ImageEpisodeDataset,
+    Protocol,
     cache_dir,
     read_image,
     read_label,
@@ -241,11 +243,13 @@ class COCO20iDataset(ImageEpisodeDataset):
         crowd: ``include`` or ``ignore`` crowd regions (JSON masks only).
         split_dir: folder with HSNet's ``{trn,val}/fold{i}.pkl`` class lists (optional).
         min_fg_pixels: without ``split_dir``, keep images with at least this many class pixels.
+        protocol: ``hsnet`` or ``pfenet`` (:class:`COCO20iDataModule`).
         **kwargs: the options of :class:`~fss.data.common.ImageEpisodeDataset` (augmentation, resizing,
             episode order, boundary pixels, validation part).
     """
 
     num_classes: ClassVar[int] = 80
+    pfenet_scale = (0.8, 1.25)
     class_names: ClassVar[tuple[str, ...]] = COCO_CLASSES
     num_folds: ClassVar[int] = 4
     display_name = "COCO-20i"
@@ -267,9 +271,12 @@ class COCO20iDataset(ImageEpisodeDataset):
         crowd: CrowdMode = "include",
         split_dir: str | Path | None = None,
         min_fg_pixels: int = 0,
+        protocol: Protocol = "hsnet",
         **kwargs: Any,
     ) -> None:
         self.class_split = class_split
+        if protocol == "pfenet":
+            min_fg_pixels = max(min_fg_pixels, PFENET_MIN_FG_PIXELS)
         super().__init__(
             split=split,
             fold=fold,
@@ -278,7 +285,14 @@ class COCO20iDataset(ImageEpisodeDataset):
             seed=seed,
             img_size=img_size,
             use_original_imgsize=use_original_imgsize,
+            protocol=protocol,
             **kwargs,
+        )
+        #: PFENet: training images that show a held-out class are left out
+        self.excluded_classes = (
+            set(coco_class_ids("val", fold, class_split))
+            if (protocol == "pfenet" and split == "train")
+            else set()
         )
         if crowd not in ("include", "ignore"):
             raise ValueError(f"data.crowd must be 'include' or 'ignore', got {crowd!r}")
@@ -297,7 +311,8 @@ class COCO20iDataset(ImageEpisodeDataset):
         self.annotations: CocoJsonAnnotations | None = None
         if self.mask_source == "json":
             json_path = self.base / "annotations" / f"instances_{self.images}.json"
-            self.annotations = CocoJsonAnnotations(json_path, set(self.class_ids), crowd)
+            indexed = set(self.class_ids) | self.excluded_classes
+            self.annotations = CocoJsonAnnotations(json_path, indexed, crowd)
         if split_dir is not None:
             list_split = "trn" if split == "train" else "val"
             path = Path(split_dir).expanduser() / list_split / f"fold{fold}.pkl"
@@ -319,6 +334,8 @@ class COCO20iDataset(ImageEpisodeDataset):
             per_image = png_pixel_index(self.base, self.images)  # type: ignore[assignment]
             per_image = {stem: {c - 1: n for c, n in counts.items()} for stem, counts in per_image.items()}
         for stem in sorted(per_image):
+            if any(per_image[stem].get(c, 0) > 0 for c in self.excluded_classes):
+                continue
             for c, amount in per_image[stem].items():
                 if c in class_items and amount >= threshold:
                     class_items[c].append(stem)
@@ -348,6 +365,11 @@ class COCO20iDataset(ImageEpisodeDataset):
 
     def load_image(self, item: str) -> np.ndarray:
         return read_image(self.image_path(item))
+
+    def load_class_map(self, item: str) -> np.ndarray | None:
+        """The PNG class map (``class_maps``); JSON annotations give none."""
+        mask_path = self.mask_path(item)
+        return read_label(mask_path) if mask_path is not None else None
 
     def load_target(self, item: str, class_id: int, query: bool) -> np.ndarray:
         mask_path = self.mask_path(item)
@@ -391,6 +413,11 @@ class COCO20iDataModule(FileDataModule):
         split_dir: folder with HSNet's ``{trn,val}/fold{i}.pkl`` lists (trusted pickles); ``null``
             indexes the masks.
         min_fg_pixels: without ``split_dir``, keep (image, class) pairs with at least this many pixels.
+        protocol: ``hsnet`` or ``pfenet`` (PFENet/BAM/NTRENet's: training crops of ``img_size`` (641)
+            with PFENet's augmentation (scale 0.8-1.25), evaluation images resized with their aspect
+            kept and padded and scored on the original label (with ``use_original_imgsize``), pairs
+            with at least 2048 class pixels, no training image that shows a held-out class; without
+            ``split_dir``). See docs/models.md.
         **kwargs: the augmentation options of :class:`~fss.data.common.FileDataModule` and the shared
             episode options of :class:`~fss.data.base.EpisodicDataModule` (fold 0..3; episode counts
             ``null``: as many training episodes as training images, 1000 val/test episodes).
@@ -406,9 +433,13 @@ class COCO20iDataModule(FileDataModule):
         crowd: CrowdMode = "include",
         split_dir: str | None = None,
         min_fg_pixels: int = 0,
+        protocol: Protocol = "hsnet",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if protocol not in ("hsnet", "pfenet"):
+            raise ValueError(f"data.protocol must be 'hsnet' or 'pfenet', got {protocol!r}")
+        self.protocol: Protocol = protocol
         coco_fold_class_ids(self.fold, class_split)  # validates class_split
         if mask_source not in ("auto", "json", "png"):
             raise ValueError(f"data.mask_source must be 'auto', 'json' or 'png', got {mask_source!r}")
@@ -440,4 +471,5 @@ class COCO20iDataModule(FileDataModule):
             "crowd": self.crowd,
             "split_dir": self.split_dir,
             "min_fg_pixels": self.min_fg_pixels,
+            "protocol": self.protocol,
         }

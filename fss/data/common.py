@@ -31,7 +31,17 @@ from fss.data.base import EpisodicDataModule, EpisodicDataset
 from fss.data.episode import IGNORE_INDEX, Episode
 from fss.data.fscs import FSCSEpisode, make_image_fscs_episode
 from fss.data.protocols import EpisodeIdentity, EpisodeOrder, check_episode_order, reference_sequence
-from fss.data.transforms import ResizeMethod, build_episode, check_resize, resize_label, to_label_tensor
+from fss.data.transforms import (
+    IMAGENET_MEAN,
+    ResizeMethod,
+    build_episode,
+    check_resize,
+    letterbox,
+    pad_to_square,
+    query_mask_tensor,
+    resize_label,
+    to_label_tensor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +244,38 @@ def default_augmentation() -> Any:
     )
 
 
+#: the evaluation protocols of the PASCAL/COCO modules (docs/models.md)
+Protocol = Literal["hsnet", "pfenet"]
+#: PFENet's list rule: a class counts in an image from this many pixels on (2 x 32 x 32)
+PFENET_MIN_FG_PIXELS = 2 * 32 * 32
+
+
+def pfenet_augmentation(size: int, scale: tuple[float, float]) -> Any:
+    """PFENet's (and BAM's) training augmentation, with albumentations.
+
+    Random scale in ``scale``; rotation in +-10 degrees (p 0.5; pixels from outside: the mean colour,
+    ignore in the label); Gaussian blur with a 5 x 5 kernel (p 0.5); horizontal flip (p 0.5); a random
+    ``size`` x ``size`` crop, padded first (centred, mean colour / ignore) when smaller. The same
+    steps as the reference's ``util/transform.py``; the random draws are albumentations'.
+    """
+    import albumentations as A
+    import cv2
+
+    mean = tuple(round(255 * m) for m in IMAGENET_MEAN)
+    return A.Compose(
+        [
+            A.RandomScale(scale_limit=(scale[0] - 1, scale[1] - 1), interpolation=cv2.INTER_LINEAR, p=1.0),
+            A.Rotate(
+                limit=(-10, 10), border_mode=cv2.BORDER_CONSTANT, fill=mean, fill_mask=IGNORE_INDEX, p=0.5
+            ),
+            A.GaussianBlur(blur_limit=(5, 5), sigma_limit=(0, 0), p=0.5),
+            A.HorizontalFlip(p=0.5),
+            A.PadIfNeeded(size, size, border_mode=cv2.BORDER_CONSTANT, fill=mean, fill_mask=IGNORE_INDEX),
+            A.RandomCrop(size, size),
+        ]
+    )
+
+
 class Augmenter:
     """Albumentations augmentation of (image, target map) pairs, seeded per call.
 
@@ -369,6 +411,8 @@ class ImageEpisodeDataset(EpisodicDataset):
 
     #: a human name for messages
     display_name: str = "dataset"
+    #: the random scale range of the ``pfenet`` protocol's training augmentation
+    pfenet_scale: tuple[float, float] = (0.9, 1.1)
     #: what the reference makes of label value 255 in query masks, in training and in val/test
     reference_boundary: ClassVar[dict[str, Boundary]] = {"train": "ignore", "eval": "ignore"}
 
@@ -381,6 +425,7 @@ class ImageEpisodeDataset(EpisodicDataset):
         episode_order: EpisodeOrder = "fss",
         boundary: Boundary = "reference",
         val_fraction: float | None = None,
+        protocol: Protocol = "hsnet",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -389,11 +434,16 @@ class ImageEpisodeDataset(EpisodicDataset):
         check_episode_order(episode_order, name)
         check_boundary(boundary, name)
         check_val_fraction(val_fraction, name)
+        if protocol not in ("hsnet", "pfenet"):
+            raise ValueError(f"{name}: data.protocol must be 'hsnet' or 'pfenet', got {protocol!r}")
         self.augmenter = Augmenter(augment, augment_config) if self.split == "train" else Augmenter()
+        if protocol == "pfenet" and self.split == "train" and augment_config is None:
+            self.augmenter.transform = pfenet_augmentation(self.img_size, self.pfenet_scale)
         self.resize = resize
         self.episode_order = episode_order
         self.boundary = boundary
         self.val_fraction = val_fraction
+        self.protocol = protocol
         self.class_items: dict[int, list[Any]] = {}
         self.usable_class_ids: list[int] = []
         self._sequence: list[EpisodeIdentity] | None = None
@@ -414,6 +464,11 @@ class ImageEpisodeDataset(EpisodicDataset):
     @abstractmethod
     def item_name(self, item: Any) -> str:
         """A readable identifier of ``item`` (file stem or relative path)."""
+
+    def load_class_map(self, item: Any) -> np.ndarray | None:
+        """uint8 class map [H, W] of ``item`` (0 background, ``c + 1`` for class ``c``, 255 ignore) for
+        ``class_maps``; None: this dataset has none (the episode then lacks ``query_classes``)."""
+        return None
 
     @abstractmethod
     def item_files(self, item: Any) -> list[Path]:
@@ -537,11 +592,35 @@ class ImageEpisodeDataset(EpisodicDataset):
             image, target = self.augmenter(rng, image, match_size(target, image))
         return image, target
 
+    def load_query_with_classes(
+        self, item: Any, class_id: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """The query's image, target map and class map (None without one), augmented together.
+
+        Without a class map (``class_maps`` off, or none in this dataset) this is :meth:`load_pair`.
+        """
+        classes = self.load_class_map(item) if self.class_maps else None
+        if classes is None:
+            return (*self.load_pair(item, class_id, True, rng), None)
+        image = self.load_image(item)
+        classes = match_size(classes, image)
+        if self.augmenter.enabled:
+            image, classes = self.augmenter(rng, image, classes)
+        target = (classes == class_id + 1).astype(np.uint8)
+        if self.ignores_boundary():  # as load_target: 255 ignored, or background (boundary)
+            target[classes == 255] = 255
+        return image, target, classes
+
     def make_episode(self, rng: np.random.Generator, index: int) -> Episode:
         query, supports, class_id = self.identity(rng, index)
-        q_img, q_tgt = self.load_pair(query, class_id, True, rng)
+        q_img, q_tgt, q_classes = self.load_query_with_classes(query, class_id, rng)
         pairs = [self.load_pair(item, class_id, False, rng) for item in supports]
-        return build_episode(
+        org_target = q_tgt
+        if self.protocol == "pfenet" and self.split != "train":  # aspect kept, padded (PFENet's eval)
+            q_img, q_tgt = letterbox(q_img, q_tgt, self.img_size)
+            pairs = [letterbox(img, tgt, self.img_size) for img, tgt in pairs]
+            org_target = pad_to_square(org_target)
+        episode = build_episode(
             q_img,
             q_tgt,
             [img for img, _ in pairs],
@@ -553,6 +632,11 @@ class ImageEpisodeDataset(EpisodicDataset):
             keep_original_mask=self.use_original_imgsize,
             resize=self.resize,
         )
+        if q_classes is not None:
+            episode["query_classes"] = query_mask_tensor(q_classes, self.img_size)
+        if self.use_original_imgsize and org_target is not q_tgt:
+            episode["org_query_mask"] = to_label_tensor(org_target)
+        return episode
 
     def fscs_class_ids(self) -> list[int]:
         return self.usable_class_ids

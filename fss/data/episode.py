@@ -15,6 +15,8 @@ key                    shape / type         meaning
 ``org_query_imsize``   long [2]             the query's original (height, width), before resizing
 ``org_query_mask``     long [H0, W0]        optional: the query mask at its original size
                                             (only with ``use_original_imgsize``; batch size 1)
+``query_classes``      long [H, W]          optional: the query's class map, 0 background, ``c + 1``
+                                            for class ``c``, 255 ignore (only with ``data.class_maps``)
 ``episode_set``        long []              optional: which of several test episode sets the episode
                                             belongs to (only with ``data.test_seeds``)
 =====================  ===================  ==========================================================
@@ -70,6 +72,7 @@ class Episode(_EpisodeRequired, total=False):
     """One few-shot episode (see the module docstring for shapes); the last keys are optional."""
 
     org_query_mask: Tensor
+    query_classes: Tensor
     episode_set: Tensor
 
 
@@ -85,6 +88,7 @@ class EpisodeBatch(TypedDict, total=False):
     support_names: list[list[str]]
     org_query_imsize: Tensor
     org_query_mask: Tensor | list[Tensor]
+    query_classes: Tensor
     episode_set: Tensor
 
 

@@ -48,10 +48,12 @@ import numpy as np
 
 from fss.data.base import contiguous_fold_class_ids
 from fss.data.common import (
+    PFENET_MIN_FG_PIXELS,
     Boundary,
     DatasetLayoutError,
     FileDataModule,
     ImageEpisodeDataset,
+    Protocol,
     cache_dir,
     query_position,
     read_image,
@@ -164,6 +166,20 @@ def generate_pair_lists(voc: Path, list_split: str, min_fg_pixels: int, out: dic
         write_lines(path, lines[fold])
 
 
+def image_classes(voc: Path, names: list[str], cache: Path) -> dict[str, set[int]]:
+    """The 0-based classes with at least one pixel in each mask of ``names`` (cached in ``cache``)."""
+    if cache.is_file():
+        known = {line.split()[0]: {int(c) for c in line.split()[1:]} for line in read_lines(cache)}
+        if all(n in known for n in names):
+            return known
+    found = {}
+    for name in names:
+        counts = np.bincount(read_label(voc / "SegmentationClassAug" / f"{name}.png").ravel(), minlength=256)
+        found[name] = {c for c in range(20) if counts[c + 1]}
+    write_lines(cache, [" ".join([n, *map(str, sorted(cs))]) for n, cs in found.items()])
+    return found
+
+
 class Pascal5iDataset(ImageEpisodeDataset):
     """PASCAL-5i episodes of one split and fold (see the module docstring for the protocol).
 
@@ -173,7 +189,9 @@ class Pascal5iDataset(ImageEpisodeDataset):
             :class:`~fss.data.base.EpisodicDataset`.
         split_dir: folder with the standard lists ``{trn,val}/fold{i}.txt``; ``None`` generates them.
         class_split: ``standard`` (PASCAL-5i folds) or ``coco2pascal`` (cross-domain test classes).
-        min_fg_pixels: generated lists keep pairs with at least this many class pixels.
+        min_fg_pixels: generated lists keep pairs with at least this many class pixels (``pfenet``:
+            at least 2048 = 2 x 32 x 32, PFENet's rule).
+        protocol: ``hsnet`` or ``pfenet`` (:class:`PascalDataModule`).
         **kwargs: the options of :class:`~fss.data.common.ImageEpisodeDataset` (augmentation, resizing,
             episode order, boundary pixels, validation part).
     """
@@ -198,9 +216,12 @@ class Pascal5iDataset(ImageEpisodeDataset):
         split_dir: str | Path | None = None,
         class_split: PascalClassSplit = "standard",
         min_fg_pixels: int = 0,
+        protocol: Protocol = "hsnet",
         **kwargs: Any,
     ) -> None:
         self.class_split = class_split
+        if protocol == "pfenet":
+            min_fg_pixels = max(min_fg_pixels, PFENET_MIN_FG_PIXELS)
         super().__init__(
             split=split,
             fold=fold,
@@ -209,6 +230,7 @@ class Pascal5iDataset(ImageEpisodeDataset):
             seed=seed,
             img_size=img_size,
             use_original_imgsize=use_original_imgsize,
+            protocol=protocol,
             **kwargs,
         )
         self.voc = resolve_voc_root(root)
@@ -216,6 +238,11 @@ class Pascal5iDataset(ImageEpisodeDataset):
         self.min_fg_pixels = min_fg_pixels
         wanted = set(self.class_ids)
         pairs = [p for p in self._read_pairs() if p[1] in wanted]
+        if protocol == "pfenet" and split == "train":  # PFENet: no training image shows a novel class
+            names = sorted({name for name, _ in pairs})
+            present = image_classes(self.voc, names, cache_dir(self.voc) / "pascal_trn_classes.txt")
+            novel = set(pascal_class_ids("val", fold, class_split))
+            pairs = [(name, c) for name, c in pairs if not present[name] & novel]
         if self.class_split == "coco2pascal":
             pairs = sorted(set(pairs))
         for name, c in dict.fromkeys(pairs):
@@ -281,6 +308,9 @@ class Pascal5iDataset(ImageEpisodeDataset):
             target[label == IGNORE_INDEX] = IGNORE_INDEX
         return target
 
+    def load_class_map(self, item: str) -> np.ndarray:
+        return read_label(self.mask_path(item))  # SegmentationClassAug: 0, class + 1, 255
+
     def item_name(self, item: str) -> str:
         return item
 
@@ -298,6 +328,11 @@ class PascalDataModule(FileDataModule):
         class_split: ``standard``, ``coco2pascal`` (test-only cross-domain classes) or ``all`` (every
             class in every split: the source of the PATNet cross-domain protocol).
         min_fg_pixels: generated lists keep (image, class) pairs with at least this many class pixels.
+        protocol: ``hsnet`` (HSNet's: resize to ``img_size`` square, the lists as given) or ``pfenet``
+            (PFENet/BAM/NTRENet's: training crops of ``img_size`` (473) with PFENet's augmentation,
+            evaluation images resized with their aspect kept and padded, the prediction scored on the
+            original label (with ``use_original_imgsize``), lists with at least 2048 class pixels per
+            pair and no training image that shows a held-out class). See docs/models.md.
         **kwargs: the augmentation options of :class:`~fss.data.common.FileDataModule` and the shared
             episode options of :class:`~fss.data.base.EpisodicDataModule` (fold 0..3; episode counts
             ``null``: one pass over the training pairs, 1000 val/test episodes).
@@ -311,9 +346,13 @@ class PascalDataModule(FileDataModule):
         split_dir: str | None = None,
         class_split: PascalClassSplit = "standard",
         min_fg_pixels: int = 0,
+        protocol: Protocol = "hsnet",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if protocol not in ("hsnet", "pfenet"):
+            raise ValueError(f"data.protocol must be 'hsnet' or 'pfenet', got {protocol!r}")
+        self.protocol: Protocol = protocol
         if class_split not in ("standard", "coco2pascal", "all"):
             raise ValueError(
                 f"data.class_split must be 'standard', 'coco2pascal' or 'all', got {class_split!r}"
@@ -343,4 +382,5 @@ class PascalDataModule(FileDataModule):
             "split_dir": self.split_dir,
             "class_split": self.class_split,
             "min_fg_pixels": self.min_fg_pixels,
+            "protocol": self.protocol,
         }

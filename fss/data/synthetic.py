@@ -327,6 +327,8 @@ class SyntheticFSS(EpisodicDataset):
             img, class_map = render_scene(rng, size, class_id, self.min_distractors, self.max_distractors)
             imgs[k] = img
             np.equal(class_map, class_id, out=masks[k])
+            if k == 0:
+                query_classes = torch.from_numpy(class_map.astype(np.int64) + 1)  # background -1 -> 0
         self.restyle(rng, imgs)
         normalize_array_(imgs)
         name = f"synthetic/{self.split}/fold{self.fold}/{index:06d}"
@@ -343,6 +345,8 @@ class SyntheticFSS(EpisodicDataset):
         }
         if self.use_original_imgsize:
             episode["org_query_mask"] = query_mask.clone()
+        if self.class_maps:
+            episode["query_classes"] = query_classes
         return episode
 
     def make_fscs_episode(self, rng: np.random.Generator, index: int) -> FSCSEpisode:

@@ -329,3 +329,39 @@ def mask_to_bbox(mask: Tensor) -> Tensor:
 
     box = between_first_and_last(rows)[..., :, None] & between_first_and_last(cols)[..., None, :]
     return box.to(mask.dtype)
+
+
+def letterbox(image: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """PFENet's evaluation resize: the longer side to ``size``, aspect kept, both sides floored to a
+    multiple of 8, pasted at the top left of a ``size`` x ``size`` canvas.
+
+    Args:
+        image: uint8 [H, W, 3]; label: uint8 [H, W] (0 / 1 / 255 or a class map).
+
+    Returns:
+        float32 [size, size, 3] in [0, 1] (resized bilinearly in float, black padding) and uint8
+        [size, size] (nearest, padding 255 = ignore).
+    """
+    import cv2
+
+    height, width = label.shape
+    ratio = size / max(height, width)
+    new_h = size if height >= width else int(height * ratio)
+    new_w = size if width > height else int(width * ratio)
+    new_h, new_w = max(new_h // 8 * 8, 8), max(new_w // 8 * 8, 8)
+    img = cv2.resize(image.astype(np.float32), (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    lab = cv2.resize(label, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+    canvas = np.zeros((size, size, 3), dtype=np.float32)
+    canvas[:new_h, :new_w] = img / 255.0
+    target = np.full((size, size), IGNORE_INDEX, dtype=np.uint8)
+    target[:new_h, :new_w] = lab
+    return canvas, target
+
+
+def pad_to_square(label: np.ndarray) -> np.ndarray:
+    """A label [H, W] at the top left of a square of its longer side, the rest 255 (PFENet's evaluation
+    on the original label: the prediction is resized to that square)."""
+    side = max(label.shape)
+    out = np.full((side, side), IGNORE_INDEX, dtype=label.dtype)
+    out[: label.shape[0], : label.shape[1]] = label
+    return out

@@ -3,12 +3,15 @@
 ``MODELS`` maps a short name (``model.net: hsnet`` in a config, ``--model.net vat`` on the command
 line) to a class; the class name works too (``--model.net VAT``) and takes options
 (``--model.net.feature_size 8``). A new model is one subclass of :class:`FewShotSegmenter` plus
-one line in ``MODELS``.
+one line in ``MODELS``. :class:`PSPNet` (BAM's base learner, stage 1 of its training) is not a few-shot
+model and is not registered: configs give its class path.
 """
 
 from fss.models.asnet import ASNet
+from fss.models.bam import BAM
 from fss.models.base import FewShotSegmenter
 from fss.models.hsnet import HSNet
+from fss.models.pspnet import PSPNet
 from fss.models.sgone import SGOne
 from fss.models.vat import VAT
 
@@ -17,9 +20,21 @@ MODELS: dict[str, type[FewShotSegmenter]] = {
     "asnet": ASNet,
     "vat": VAT,
     "sgone": SGOne,
+    "bam": BAM,
 }
 
-__all__ = ["MODELS", "ASNet", "FewShotSegmenter", "HSNet", "SGOne", "VAT", "build_model", "model_class"]
+__all__ = [
+    "BAM",
+    "MODELS",
+    "ASNet",
+    "FewShotSegmenter",
+    "HSNet",
+    "PSPNet",
+    "SGOne",
+    "VAT",
+    "build_model",
+    "model_class",
+]
 
 
 def model_class(name: str) -> type[FewShotSegmenter]:

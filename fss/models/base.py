@@ -22,8 +22,9 @@ Shapes: B episodes, K shots, H x W image size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,10 @@ class FewShotSegmenter(RecordsInitArgs, nn.Module):
     num_levels: ClassVar[int] = 3
     #: True: the model implements ``fuse_shots`` and returns one logit map per episode
     fuses_shots: ClassVar[bool] = False
+    #: constructor arguments that only initialise weights (a file to read): left out of the
+    #: description a checkpoint records (the checkpoint holds those weights), so that rebuilding
+    #: the model from it never needs the file, and a config may name another copy
+    init_only_args: ClassVar[tuple[str, ...]] = ()
     #: on CPU, at inference, a per-shot model processes its shots one at a time
     #: (``fss.speed.per_shot_logits``) from this many query pixels on; None: never
     cpu_per_shot_min_pixels: ClassVar[int | None] = PER_SHOT_MIN_PIXELS
@@ -157,6 +162,29 @@ class FewShotSegmenter(RecordsInitArgs, nn.Module):
             query_feats = [f.repeat_interleave(shots, dim=0) for f in query_feats]
         logits = self.predict_logits(query_feats, support_feats, support_masks.flatten(0, 1))
         return logits.unflatten(0, (batch, shots))
+
+    def set_train_classes(self, class_ids: list[int]) -> None:
+        """Called by the task before fitting with the data's training classes (global ids); a model
+        whose parts depend on them (BAM's base learner) records or checks them. Default: nothing."""
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """``(name, parameter)`` of everything the optimizer trains: the learner's parameters that
+        require gradients (names relative to the learner). A model that also fine-tunes its backbone
+        (PSPNet, BAM's stage 1) adds those."""
+        return [(n, p) for n, p in self.learner.named_parameters() if p.requires_grad]
+
+    def training_loss(
+        self, batch: dict[str, Any], criterion: Callable[[Tensor, Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """The training loss of an episode batch: ``(loss, logits [B, 2, H, W], named terms)``.
+
+        Default: ``criterion(self(query, supports, masks), query_mask)`` and no extra terms. A model
+        whose reference trains with more terms (BAM's auxiliary meta-learner loss) or needs more of
+        the batch (the episode's ``class_id``) overrides it; the task logs each term as
+        ``train/loss_<name>``.
+        """
+        logits = self(batch["query_img"], batch["support_imgs"], batch["support_masks"])
+        return criterion(logits, batch["query_mask"]), logits, {}
 
     # -- shared machinery ------------------------------------------------------------------
     @property

@@ -173,6 +173,26 @@ def test_missing_root_and_bad_json(coco_root: Path, tmp_path: Path) -> None:
         dataset(broken, mask_source="json")
 
 
+def test_pfenet_protocol_drops_training_images_with_held_out_classes(tmp_path: Path) -> None:
+    """``protocol: pfenet``: a training image showing a fold-0 class is left out (JSON and PNG alike);
+    training episodes are crops of ``img_size``; evaluation is scored on the original label."""
+    root = make_coco(tmp_path, size=(160, 200))
+    sources = {}
+    for source in ("json", "png"):
+        train = dataset(root, "train", fold=0, mask_source=source, protocol="pfenet", img_size=64)
+        sources[source] = train.items()
+        assert train.usable_class_ids == [1, 5]
+    # image k shows classes[k % 5] and classes[(k + 2) % 5]: only k % 5 == 1 (bicycle + bus) is clean
+    kept = {int(stem[-4:]) % 5 for stem in sources["json"]}
+    assert sources["json"] == sources["png"] and kept == {1}
+    check_episode(
+        dataset(root, "train", fold=0, protocol="pfenet", img_size=64).episode(0), shot=1, img_size=64
+    )
+    ep = dataset(root, fold=0, protocol="pfenet", img_size=64, use_original_imgsize=True).episode(0)
+    assert ep["org_query_mask"].shape == (200, 200) and (ep["org_query_mask"][160:] == 255).all()
+    assert (ep["query_mask"][48:] == 255).all()  # 160 x 200 -> 48 x 64 (floored to multiples of 8)
+
+
 def test_png_value_255_is_background_as_in_hsnet_or_ignored_by_option(
     coco_root: Path, tmp_path: Path
 ) -> None:

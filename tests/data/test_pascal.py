@@ -197,6 +197,24 @@ def test_augmented_training_episodes_are_reproducible(voc_root: Path) -> None:
     check_episode(a, shot=1, img_size=32)
 
 
+@pytest.mark.parametrize("augment", [False, True])
+def test_class_maps_follow_the_query(voc_root: Path, augment: bool) -> None:
+    """``class_maps``: the query's class map (BAM's base-learner labels), augmented with the query."""
+    ds = Pascal5iDataset(voc_root, "train", fold=0, num_episodes=None, img_size=32, augment=augment)
+    plain = ds.episode(3, epoch=1)
+    ds.class_maps = True
+    ep = ds.episode(3, epoch=1)
+    classes, mask, c = ep["query_classes"], ep["query_mask"], int(ep["class_id"])
+    assert classes.shape == mask.shape == (32, 32) and classes.dtype == torch.long
+    assert torch.equal(classes == c + 1, mask == 1)
+    assert (
+        classes[mask == 255] == 255
+    ).all()  # boundaries: ignored or background in the mask, 255 in the map
+    assert set(classes.unique().tolist()) - {0, 255} >= {c + 1}
+    if not augment:  # the same episode as without class maps
+        assert torch.equal(ep["query_img"], plain["query_img"]) and torch.equal(mask, plain["query_mask"])
+
+
 # ---------------------------------------------------------------------------------- data module
 def test_datamodule_classes_and_cross_domain_split(voc_root: Path) -> None:
     dm = PascalDataModule(root=str(voc_root), fold=3, class_split="coco2pascal", img_size=32, test_episodes=8)
@@ -266,3 +284,32 @@ def test_augment_config_file_is_loaded(voc_root: Path, tmp_path: Path) -> None:
     assert not val.augmenter.enabled  # never for val/test
     with pytest.raises(FileNotFoundError, match="augment_config"):
         Pascal5iDataset(voc_root, "train", fold=0, augment_config=str(tmp_path / "missing.json"))
+
+
+# ---------------------------------------------------------------------------------- PFENet protocol
+def test_pfenet_protocol_lists_crops_and_original_label(tmp_path: Path) -> None:
+    """``protocol: pfenet``: 2048-pixel pairs, no training image with a held-out class, training crops of
+    ``img_size``, evaluation letterboxed (aspect kept, padded) and scored on the original label."""
+    root = make_pascal(tmp_path, n_train=N_IMAGES, n_val=N_IMAGES, size=(120, 160))
+    voc = root / "VOC2012" / "SegmentationClassAug"
+    train = Pascal5iDataset(root, "train", fold=0, num_episodes=None, img_size=64, protocol="pfenet")
+    assert train.pairs
+    for name, c in train.pairs:
+        label = np.array(Image.open(voc / f"{name}.png"))
+        assert (label == c + 1).sum() >= 2048
+        assert not set(np.unique(label).tolist()) & {1, 2, 3, 4, 5}  # fold 0's classes, 1-based
+    hsnet = Pascal5iDataset(root, "train", fold=0, num_episodes=None, img_size=64)
+    assert set(train.pairs) < set(hsnet.pairs)
+    ep = train.episode(0)
+    check_episode(ep, shot=1, img_size=64)
+
+    val = Pascal5iDataset(
+        root, "val", fold=0, num_episodes=4, img_size=64, protocol="pfenet", use_original_imgsize=True
+    )
+    ep = val.episode(1)
+    check_episode(ep, shot=1, img_size=64)
+    # 120 x 160 -> 48 x 64 (the longer side to 64, the other floored to a multiple of 8), padded below
+    assert (ep["query_mask"][48:] == 255).all() and (ep["query_mask"][:48] != 255).any()
+    org = ep["org_query_mask"]
+    assert org.shape == (160, 160) and (org[120:] == 255).all()
+    assert torch.equal(org[:120], raw_target(root, ep["query_name"], int(ep["class_id"])))

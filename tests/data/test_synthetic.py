@@ -243,3 +243,14 @@ def test_episode_counts_null_means_dataset_default_and_zero_is_an_error():
     for option in ("train_episodes", "val_episodes", "test_episodes"):
         with pytest.raises(ValueError, match=f"data.{option} must be >= 1"):
             SyntheticDataModule(**{option: 0})
+
+
+def test_class_maps_hold_the_query_classes() -> None:
+    ds = SyntheticFSS("train", fold=0, shot=1, num_episodes=4, img_size=48)
+    ds.class_maps = True
+    ep = ds.episode(1)
+    classes, c = ep["query_classes"], int(ep["class_id"])
+    assert torch.equal(classes == c + 1, ep["query_mask"] == 1)
+    assert len(classes.unique()) >= 3  # background, the class, distractors
+    ds.class_maps = False
+    assert "query_classes" not in ds.episode(1)

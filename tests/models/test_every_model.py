@@ -27,7 +27,7 @@ BACKBONES: dict[str, Callable[[], FeatureBackbone]] = {
     "vit": lambda: TimmBackbone("vit_small_patch14_dinov2", weights=None, model_kwargs=TINY_VIT),
 }
 #: model options that keep a CPU step cheap
-CHEAP = {"vat": {"feature_size": 8}}
+CHEAP = {"vat": {"feature_size": 8}, "bam": {"reduce_dim": 16}}
 
 
 def build(name: str, masking: str, family: str) -> FewShotSegmenter:

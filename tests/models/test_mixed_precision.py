@@ -11,7 +11,10 @@ from fss.models.correlation import cosine_correlation
 
 #: tiny, fast instances of every registered model (VAT's learner at feature_size 8 as in
 #: tests/models/test_vat.py); default: a ResNet-18
-OPTIONS = {"vat": {"backbone": "resnet50", "benchmark": "coco", "feature_size": 8}}
+OPTIONS = {
+    "vat": {"backbone": "resnet50", "benchmark": "coco", "feature_size": 8},
+    "bam": {"backbone": "resnet18", "reduce_dim": 16},
+}
 
 
 def options(name: str) -> dict:

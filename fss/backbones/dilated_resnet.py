@@ -1,0 +1,194 @@
+"""The dilated ResNet with the deep stem of PSPNet, the backbone of the prototype family (PFENet, BAM, NTRENet).
+
+Differences from torchvision's ResNet (:class:`~fss.backbones.ResNet`):
+
+* **deep stem**: three 3x3 convolutions (3->64 stride 2, 64->64, 64->128), each with BatchNorm and
+  ReLU, then the 3x3 max-pool; ``layer1`` therefore starts from 128 channels (its first block's
+  shortcut projects 128->256);
+* **output stride 8**: ``layer3`` and ``layer4`` keep the resolution of ``layer2``: their strided
+  convolutions (the 3x3 ``conv2`` of the first block and the shortcut projection) have stride 1, and
+  every 3x3 ``conv2`` of ``layer3`` / ``layer4`` is dilated by 2 / 4 (padding = dilation);
+* **maps**: one per stage, the stage's output *after* its last ReLU (what these models read:
+  ``layer2``/``layer3`` for the prototype, ``layer4`` for the prior mask and the base learner).
+
+Parameter names are those of the PSPNet-style ImageNet files the references load
+(``resnet50_v2.pth``, ``resnet101_v2.pth``: ``conv1``..``conv3``, ``bn1``..``bn3``, ``layer1``..
+``layer4``, torchvision's bottleneck names), so those files load key for key;
+:func:`reference_backbone_key` maps the references' ``layer0.<i>`` stem names of their checkpoints.
+
+Levels: 1..4 = ``layer1``..``layer4`` (strides 4, 8, 8, 8). :meth:`DilatedResNet.run_stages` runs
+the deeper stages from a given level's map: BAM and PFENet compute the support's ``layer4`` from
+its *masked* ``layer3`` map.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.resnet import Bottleneck
+
+from fss.backbones.base import BackboneWeightsError, FeatureBackbone, FeatureInfo
+
+#: bottleneck blocks per stage of each supported depth
+DEPTHS: dict[str, tuple[int, int, int, int]] = {
+    "resnet50": (3, 4, 6, 3),
+    "resnet101": (3, 4, 23, 3),
+}
+#: the ImageNet file of each depth in the PSPNet/PFENet/BAM ``initmodel`` folder
+WEIGHT_FILES = {"resnet50": "resnet50_v2.pth", "resnet101": "resnet101_v2.pth"}
+#: (stem module in the references' ``layer0`` Sequential) -> our name
+_STEM = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2", "6": "conv3", "7": "bn3"}
+
+
+def reference_backbone_key(key: str) -> str:
+    """A key of a PFENet/BAM/NTRENet checkpoint's backbone (``layer0.3.weight``) -> ours (``conv2.weight``)."""
+    match = re.fullmatch(r"layer0\.(\d+)\.(.+)", key)
+    if match and match.group(1) in _STEM:
+        return f"{_STEM[match.group(1)]}.{match.group(2)}"
+    return key
+
+
+class DilatedResNet(FeatureBackbone):
+    """A frozen deep-stem ResNet-50/101 with output stride 8 (PSPNet's), one post-ReLU map per stage.
+
+    Args:
+        name: ``resnet50`` or ``resnet101``.
+        weights: ``imagenet``: the PSPNet-style ImageNet file where the references keep it,
+            ``initmodel/resnet50_v2.pth`` (``resnet101_v2.pth``) under the working directory; a path
+            to such a ``state_dict`` (their ``fc.*`` keys are ignored) or to a checkpoint of this
+            backbone; or null for random weights. There is no download: the files are distributed
+            by the PSPNet authors with PSPNet/PFENet/BAM.
+        width: channels of ``layer1``'s bottleneck (64 in the references; smaller for fast tests:
+            every width scales with it, the stem's ``64, 64, 128`` included).
+        trainable: fine-tune it (PSPNet, BAM's base learner in stage 1: parameters get gradients and
+            BatchNorm follows ``.train()``); False (every few-shot model): frozen, always in eval mode.
+
+    Example:
+        >>> bb = DilatedResNet("resnet50", weights="initmodel/resnet50_v2.pth")
+        >>> [f.shape[1] for f in bb(torch.randn(1, 3, 473, 473))]  # 60 x 60 maps
+        [256, 512, 1024, 2048]
+    """
+
+    def __init__(
+        self,
+        name: str = "resnet50",
+        weights: str | None = "imagenet",
+        width: int = 64,
+        trainable: bool = False,
+    ) -> None:
+        super().__init__()
+        if name not in DEPTHS:
+            raise ValueError(f"unknown dilated ResNet {name!r}: choose one of {', '.join(DEPTHS)}")
+        if width < 1:
+            raise ValueError(f"DilatedResNet width must be positive, got {width}")
+        self.name = f"dilated_{name}"
+        self.conv1 = nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, 2 * width, 3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(2 * width)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_channels = 2 * width
+        for stage, (blocks, stride, dilation) in enumerate(
+            zip(DEPTHS[name], (1, 2, 1, 1), (1, 1, 2, 4)), start=1
+        ):
+            layer, in_channels = self._stage(in_channels, width * 2 ** (stage - 1), blocks, stride, dilation)
+            setattr(self, f"layer{stage}", layer)
+        self._describe(
+            [
+                FeatureInfo(
+                    channels=4 * width * 2 ** (stage - 1),
+                    stride=4 if stage == 1 else 8,
+                    level=stage,
+                    module=f"layer{stage}",
+                )
+                for stage in (1, 2, 3, 4)
+            ]
+        )
+        self.trainable = trainable
+        self.load_weights(weights)
+        if not trainable:
+            self._freeze()
+
+    def train(self, mode: bool = True) -> DilatedResNet:
+        """Eval mode unless ``trainable`` (then as ``nn.Module.train``)."""
+        return nn.Module.train(self, mode and self.trainable)
+
+    @staticmethod
+    def _stage(
+        in_channels: int, planes: int, blocks: int, stride: int, dilation: int
+    ) -> tuple[nn.Sequential, int]:
+        """``blocks`` bottlenecks; the first projects its shortcut, the 3x3 convolutions are dilated."""
+        out = planes * Bottleneck.expansion
+        shortcut = nn.Sequential(
+            nn.Conv2d(in_channels, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out)
+        )
+        layers = [Bottleneck(in_channels, planes, stride=stride, downsample=shortcut, dilation=dilation)]
+        layers += [Bottleneck(out, planes, dilation=dilation) for _ in range(blocks - 1)]
+        return nn.Sequential(*layers), out
+
+    def load_weights(self, weights: str | None) -> None:
+        """Load a PSPNet-style ImageNet file (or a checkpoint of this backbone); None keeps random weights."""
+        if weights is None or weights == "none":
+            return
+        file = WEIGHT_FILES[self.name.removeprefix("dilated_")]
+        path = Path("initmodel", file) if weights == "imagenet" else Path(weights).expanduser()
+        if not path.is_file():
+            raise BackboneWeightsError(
+                f"dilated ResNet weights file not found: {path.absolute()}. This backbone uses the "
+                f"PSPNet-style ImageNet weights {file} (distributed with PSPNet/PFENet/BAM in their "
+                f"initmodel/ folder): put it at initmodel/{file} under the working directory, or pass it "
+                "with --model.backbone.weights PATH, or use --model.backbone.weights null for random weights."
+            )
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+            sd = sd["state_dict"]
+        self.load_reference_state_dict(sd, source=str(path))
+
+    def load_reference_state_dict(self, sd: dict[str, Tensor], source: str = "the state_dict") -> None:
+        """Load backbone keys in our names or the references' (``module.``, ``layer0.<i>``; ``fc.*`` ignored)."""
+        ours = {}
+        for key, value in sd.items():
+            key = reference_backbone_key(key.removeprefix("module."))
+            if not key.startswith("fc."):
+                ours[key] = value.float() if value.is_floating_point() else value
+        own = self.state_dict()
+        missing = [k for k in own if k not in ours]
+        unexpected = [k for k in ours if k not in own]
+        wrong = [k for k in ours if k in own and ours[k].shape != own[k].shape]
+        if missing or unexpected or wrong:
+            raise BackboneWeightsError(
+                f"{source} does not fit a {self.name} (option model.backbone.weights): missing keys "
+                f"{missing[:4]}, unexpected keys {unexpected[:4]}, keys of another shape {wrong[:4]}"
+            )
+        self.load_state_dict(ours)
+
+    def stem(self, img: Tensor) -> Tensor:
+        """Images [N, 3, H, W] -> the stem's output [N, 2*width, H/4, W/4] (the references' ``layer0``)."""
+        x = torch.relu(self.bn1(self.conv1(img)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.maxpool(torch.relu(self.bn3(self.conv3(x))))
+
+    def run_stages(self, feat: Tensor, start: int, stop: int = 4) -> list[Tensor]:
+        """The outputs of stages ``start``..``stop`` from ``feat``, the input of stage ``start``.
+
+        ``run_stages(masked_layer3, 4)`` is BAM's support ``layer4``: its input is the output of
+        stage 3 (here, masked). ``start = 1`` takes the stem's output.
+        """
+        outs = []
+        for stage in range(start, stop + 1):
+            feat = getattr(self, f"layer{stage}")(feat)
+            outs.append(feat)
+        return outs
+
+    def forward(self, img: Tensor) -> list[Tensor]:
+        """Images [N, 3, H, W] -> the output [N, C_l, h_l, w_l] of each selected stage (after its ReLU).
+
+        Only the stages up to the deepest selected level run.
+        """
+        outs = self.run_stages(self.stem(img), 1, max(self.levels))
+        return [outs[level - 1] for level in self.levels]

@@ -1,0 +1,342 @@
+"""BAM: parity with the public code (chunbolang/BAM), the ensemble by hand, k shots, masking places, training.
+
+Parity. ``seeded_bam`` builds a full-width BAM (dilated ResNet-50, 15 PASCAL base classes) and fills
+every tensor from a seeded generator; ``episode`` draws seeded inputs. The golden file
+``tests/models/data/bam_reference.pt`` holds the outputs of the *reference* ``model/BAM.py``
+(``OneModel``, eval mode) loaded with exactly these weights, on these inputs: ``final``/``meta`` at
+the 65 px output and the ``base`` logits on the stride-8 grid, for 1 and 2 shots. It was produced by
+``python -m tests.models.test_bam /path/to/clone/of/chunbolang/BAM`` (this file's ``__main__``: it
+imports the reference model with a stub for its ``util.util`` import, writes the ``initmodel`` files
+its constructor reads into a temporary folder, loads our weights under its names and runs it on
+CPU). With ``FSS_BAM_REF`` set to such a clone, ``test_parity_with_the_reference_code`` runs the
+reference live instead of reading the golden.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import types
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fss.backbones import DilatedResNet, ResNet
+from fss.models import BAM
+from fss.models.bam import gram_matrix, prior_mask, reference_bam_key
+from tests.models.conftest import relative_error
+
+SIZE = 65  # (SIZE - 1) divisible by 8: the reference's output size is the input size
+GOLDEN = Path(__file__).parent / "data" / "bam_reference.pt"
+PASCAL_FOLD0_BASE = list(range(5, 20))
+
+
+def randomize_(module: torch.nn.Module, seed: int) -> None:
+    """Fill every floating tensor of ``module`` from a seeded generator (in state_dict order).
+
+    Convolutions: N(0, 2 / fan_in); BatchNorm: weight U(0.5, 1.5), bias and mean U(-0.1, 0.1),
+    variance U(0.5, 1.5); other tensors N(0, 0.1). Activations keep their scale through ResNet-50.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if not tensor.is_floating_point():
+                continue
+            if tensor.dim() == 4:
+                fan_in = tensor[0].numel()
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+            elif name.endswith(("running_var", "weight")) and tensor.dim() == 1:
+                tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
+            elif name.endswith(("running_mean", "bias")):
+                tensor.copy_((torch.rand(tensor.shape, generator=gen) - 0.5) * 0.2)
+            else:
+                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
+
+
+@functools.cache
+def seeded_bam() -> BAM:
+    """The full-width 2-shot BAM of the golden, every tensor seeded (see ``randomize_``).
+
+    Its 1-shot outputs are those of a 1-shot BAM with the same weights (``kshot_rw`` is only used
+    for K = 2): the 1-shot reference loads every tensor but ``kshot_rw``.
+    """
+    net = BAM(DilatedResNet("resnet50", weights=None), masking="fm", shots=2, num_base_classes=15)
+    randomize_(net, 0)
+    return net.eval()
+
+
+def episode(shots: int, batch: int = 2, seed: int = 1, size: int = SIZE):
+    """Seeded query [B,3,S,S], supports [B,K,3,S,S] and masks [B,K,S,S] (a rectangle per support)."""
+    gen = torch.Generator().manual_seed(seed)
+    query = torch.randn(batch, 3, size, size, generator=gen)
+    supports = torch.randn(batch, shots, 3, size, size, generator=gen)
+    masks = torch.zeros(batch, shots, size, size)
+    for b in range(batch):
+        for k in range(shots):
+            y, x = torch.randint(0, size // 2, (2,), generator=gen).tolist()
+            h, w = torch.randint(size // 4, size // 2, (2,), generator=gen).tolist()
+            masks[b, k, y : y + h, x : x + w] = 1
+    return query, supports, masks
+
+
+def our_outputs(shots: int) -> dict[str, torch.Tensor]:
+    """Our ``final``/``meta`` at the image size and ``base`` on the stride-8 grid, as in the golden."""
+    net = seeded_bam()
+    query, supports, masks = episode(shots)
+    with torch.inference_mode():
+        out = net.forward_outputs(query, supports, masks)
+        final = net.forward_shots(query, supports, masks)[:, 0]
+    meta = F.interpolate(out["meta"], (SIZE, SIZE), mode="bilinear", align_corners=True)
+    return {"final": final, "meta": meta, "base": out["base"]}
+
+
+# -- the reference, run on our weights -------------------------------------------------------------
+def reference_outputs(clone: Path, shots: int, workdir: Path) -> dict[str, torch.Tensor]:
+    """Run the reference ``OneModel`` (model/BAM.py of ``clone``) with ``seeded_bam``'s weights on ``episode``."""
+    ours = seeded_bam()
+    saved_modules = {k: v for k, v in sys.modules.items() if k == "model" or k.startswith(("model.", "util"))}
+    for key in saved_modules:
+        del sys.modules[key]
+    util = types.ModuleType("util")
+    util_util = types.ModuleType("util.util")
+    util_util.get_train_val_set = None  # imported by model/BAM.py, unused by the model
+    sys.modules["util"], sys.modules["util.util"] = util, util_util
+    sys.path.insert(0, str(clone))
+    cwd = os.getcwd()
+    try:
+        from model import resnet as ref_resnet
+        from model.BAM import OneModel
+        from model.PSPNet import OneModel as PSPNet
+
+        os.chdir(workdir)
+        (workdir / "initmodel" / "PSPNet" / "pascal" / "split0" / "resnet50").mkdir(
+            parents=True, exist_ok=True
+        )
+        torch.save(ref_resnet.resnet50(pretrained=False).state_dict(), "initmodel/resnet50_v2.pth")
+        args = Namespace(
+            layers=50, zoom_factor=8, shot=shots, vgg=False, data_set="pascal", ignore_label=255,
+            print_freq=10, split=0, low_fea="layer2", kshot_trans_dim=2,
+        )  # fmt: skip
+        psp = PSPNet(args)
+        torch.save({"state_dict": psp.state_dict()}, "initmodel/PSPNet/pascal/split0/resnet50/best.pth")
+        ref = OneModel(args, cls_type="Base")
+        mine = ours.state_dict()
+        ref.load_state_dict({k: mine[reference_bam_key(k)] for k in ref.state_dict()})
+        ref.eval()
+        query, supports, masks = episode(shots)
+        with torch.no_grad():
+            final, meta, base = ref(x=query, s_x=supports, s_y=masks, y_m=None, y_b=None)
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(str(clone))
+        for key in [k for k in sys.modules if k == "model" or k.startswith(("model.", "util"))]:
+            del sys.modules[key]
+        sys.modules.update(saved_modules)
+    return {"final": final, "meta": meta, "base": base[..., ::8, ::8].contiguous().clone()}
+
+
+def _assert_parity(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
+    for key in ("final", "meta", "base"):
+        assert ours[key].shape == ref[key].shape, key
+        assert relative_error(ours[key], ref[key]) <= 1e-4, key
+
+
+@pytest.mark.parametrize("shots", [1, 2])
+def test_parity_with_the_reference_golden(shots):
+    golden = torch.load(GOLDEN, map_location="cpu", weights_only=True)[f"{shots}shot"]
+    _assert_parity(our_outputs(shots), golden)
+
+
+@pytest.mark.parametrize("shots", [1, 2])
+def test_parity_with_the_reference_code(shots, tmp_path):
+    clone = os.environ.get("FSS_BAM_REF")
+    if not clone:
+        pytest.skip("set FSS_BAM_REF to a clone of github.com/chunbolang/BAM to run the reference live")
+    if not (Path(clone) / "model" / "BAM.py").is_file():
+        pytest.skip(f"FSS_BAM_REF={clone} has no model/BAM.py")
+    _assert_parity(our_outputs(shots), reference_outputs(Path(clone), shots, tmp_path))
+
+
+#: our stem names -> the reference's ``layer0`` Sequential
+REFERENCE_STEM = {
+    "conv1": "layer0.0",
+    "bn1": "layer0.1",
+    "conv2": "layer0.3",
+    "bn2": "layer0.4",
+    "conv3": "layer0.6",
+    "bn3": "layer0.7",
+}
+#: our prefixes -> the reference's (first match wins)
+REFERENCE_PREFIXES = (
+    ("base_learner.ppm.stages.", "learner_base.0.features."),
+    ("base_learner.classifier.", "learner_base.1."),
+    ("learner.meta_classifier.", "cls_meta."),
+    ("learner.res1.", "res1_meta."),
+    ("learner.res2.", "res2_meta."),
+    ("learner.", ""),
+)
+
+
+def reference_name(key: str) -> str:
+    """Our state_dict key -> the reference BAM's (written from model/BAM.py's attribute names)."""
+    if key.startswith("backbone."):
+        head, _, rest = key.removeprefix("backbone.").partition(".")
+        return f"{REFERENCE_STEM.get(head, head)}.{rest}"
+    if key.startswith("learner.aspp.branches."):
+        index, _, rest = key.removeprefix("learner.aspp.branches.").partition(".")
+        return f"ASPP_meta.layer6_{index}.{rest}"
+    for ours, theirs in REFERENCE_PREFIXES:
+        if key.startswith(ours):
+            return theirs + key[len(ours) :]
+    raise AssertionError(key)
+
+
+def test_reference_checkpoint_names_load():
+    """A state_dict in the reference's names (its train_epoch_*.pth: ``module.`` prefix) loads key for key."""
+    net = BAM(DilatedResNet("resnet50", weights=None, width=4), reduce_dim=8, shots=2, num_base_classes=3)
+    randomize_(net, 3)
+    sd = {"module." + reference_name(k): v.clone() for k, v in net.state_dict().items()}
+    assert {"module.layer0.3.weight", "module.ASPP_meta.layer6_3.0.weight", "module.kshot_rw.2.bias"} <= set(
+        sd
+    )
+    other = BAM(DilatedResNet("resnet50", weights=None, width=4), reduce_dim=8, shots=2, num_base_classes=3)
+    other.load_reference_state_dict({"state_dict": sd})
+    for key, value in net.state_dict().items():
+        assert torch.equal(other.state_dict()[key], value), key
+    del sd["module.cls_merge.weight"]
+    with pytest.raises(KeyError, match="cls_merge"):
+        other.load_reference_state_dict(sd)
+
+
+# -- pieces by hand ---------------------------------------------------------------------------------
+def test_gram_matrix_and_prior_by_hand():
+    feat = torch.tensor([[[[1.0, 0.0]], [[1.0, 1.0]]]])  # C=2 channels over 2 positions: (1,0), (1,1)
+    cos = 1 / 2**0.5
+    torch.testing.assert_close(gram_matrix(feat), torch.tensor([[[1.0, cos], [cos, 1.0]]]), atol=1e-6, rtol=0)
+    query = torch.tensor([[[[1.0, 0.0, 1.0]], [[0.0, 1.0, 1.0]]]])  # positions (1,0), (0,1), (1,1)
+    support = torch.tensor([[[[1.0]], [[0.0]]]])  # one position, (1,0)
+    # cosines 1, 0, 1/sqrt(2) -> min-max normalised
+    expected = torch.tensor([1.0, 0.0, cos]).view(1, 1, 1, 3)
+    torch.testing.assert_close(prior_mask(query, support), expected, atol=1e-6, rtol=0)
+
+
+def small_bam(masking: str = "fm", shots: int = 1, **kwargs) -> BAM:
+    torch.manual_seed(0)
+    return BAM(
+        DilatedResNet("resnet50", weights=None, width=8), masking=masking, reduce_dim=16, shots=shots,
+        base_classes=PASCAL_FOLD0_BASE, **kwargs,
+    )  # fmt: skip
+
+
+def test_training_leaves_the_episodes_class_out_of_the_base_map():
+    """In training the base map sums every base class but the episode's own (channel 1 + its rank)."""
+    net = small_bam().eval()
+    assert net.base_channels(torch.tensor([5, 19, 12])).tolist() == [1, 15, 8]
+    with pytest.raises(ValueError, match="not base classes.*base_learner"):
+        net.base_channels(torch.tensor([0]))
+    meta, base = torch.randn(2, 2, 3, 3), torch.randn(2, 16, 3, 3)
+    difference = torch.rand(2, 1, 1, 1)
+    learner = net.learner
+    with torch.no_grad():
+        learner.gram_merge.weight.copy_(torch.tensor([0.7, 0.2]).view(1, 2, 1, 1))
+        learner.cls_merge.weight.copy_(torch.tensor([0.9, -0.4]).view(1, 2, 1, 1))
+        own = torch.tensor([3, 15])
+        got = learner.ensemble(meta, base, difference, own)
+    p_meta, p_base = meta.softmax(1), base.softmax(1)
+    others = torch.stack([p_base[b, 1:].sum(0) - p_base[b, own[b]] for b in range(2)]).unsqueeze(1)
+    bg = 0.9 * (0.7 * p_meta[:, :1] + 0.2 * difference) - 0.4 * others
+    fg = 0.7 * p_meta[:, 1:] + 0.2 * difference
+    torch.testing.assert_close(got, torch.cat([bg, fg], 1))
+
+
+def test_k_shots_are_weighted_by_scene_difference():
+    net = small_bam(shots=3).eval()
+    query, supports, masks = episode(3, batch=1, size=33)
+    with torch.inference_mode():
+        assert net.forward_shots(query, supports, masks).shape == (1, 1, 2, 33, 33)
+        # the reweighting is a function of the sorted differences, put back in shot order
+        diffs = torch.tensor([0.3, 0.1, 0.2]).view(1, 3, 1, 1)
+        weights = net.learner.shot_weights(diffs)
+        permuted = net.learner.shot_weights(diffs[:, [2, 0, 1]])
+        torch.testing.assert_close(permuted, weights[:, [2, 0, 1]])
+        torch.testing.assert_close(weights.sum(1), torch.ones(1, 1, 1))
+        # another K than trained for: the mean
+        assert torch.equal(net.learner.shot_weights(diffs[:, :2]), torch.full((1, 2, 1, 1), 0.5))
+        # one shot given three times: the 1-shot result when the weights are uniform
+        one = small_bam().eval()
+        three = small_bam(shots=3).eval()
+        three.learner.load_state_dict(one.learner.state_dict(), strict=False)
+        torch.nn.init.zeros_(three.learner.kshot_rw[2].weight)  # constant weights -> 1/3 each
+        repeated = three.forward_shots(
+            query, supports[:, :1].expand(-1, 3, -1, -1, -1), masks[:, :1].expand(-1, 3, -1, -1)
+        )
+        torch.testing.assert_close(repeated, one.forward_shots(query, supports[:, :1], masks[:, :1]))
+
+
+def test_masking_places_fm_and_im():
+    """FM multiplies layer3 before layer4 (place 1); IM runs layer4 on the masked image's layer3."""
+    net = small_bam("fm").eval()
+    query, supports, masks = episode(1, batch=1, size=33)
+    s_img, s_mask = supports[:, 0], masks[:, 0]
+    with torch.inference_mode():
+        _, plain, _, support4, _ = net._backbone_features(query, s_img, s_mask)
+        f3 = net.backbone.run_stages(net.backbone.stem(s_img), 1, 3)[2]
+        m3 = F.interpolate(s_mask[:, None], f3.shape[-2:], mode="bilinear", align_corners=True)
+        torch.testing.assert_close(support4, net.backbone.layer4(f3 * m3))
+        net.masking = small_bam("im").masking
+        _, _, masked, support4_im, masked4 = net._backbone_features(query, s_img, s_mask)
+        full = net.backbone(s_img * s_mask[:, None])
+        torch.testing.assert_close(masked4, full[2])
+        torch.testing.assert_close(support4_im, full[2])
+        torch.testing.assert_close(masked[1], full[1])
+
+
+def test_trains_end_to_end():
+    """Adam steps on one batch fit it (the loss falls); the backbone and the base learner do not move."""
+    net = small_bam("hm").train()
+    query, supports, masks = episode(1, batch=2, seed=4, size=33)
+    batch = {
+        "query_img": supports[:, 0], "support_imgs": supports, "support_masks": masks,
+        "query_mask": masks[:, 0].long(), "class_id": torch.tensor([5, 6]),
+    }  # fmt: skip
+    frozen = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("learner.")}
+    optimizer = torch.optim.Adam(net.learner.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss, logits, terms = net.training_loss(batch, F.cross_entropy)
+        assert set(terms) == {"main", "aux_meta"} and logits.shape == (2, 2, 33, 33)
+        torch.testing.assert_close(loss, terms["main"] + terms["aux_meta"])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    assert not net.base_learner.training and not net.backbone.training
+    for key, value in net.state_dict().items():
+        if key in frozen:
+            assert torch.equal(value, frozen[key]), key
+
+
+def test_runs_on_another_backbone():
+    """On a torchvision ResNet the levels are resized to the middle one's grid."""
+    torch.manual_seed(0)
+    net = BAM(ResNet("resnet18", weights=None), masking="hm", reduce_dim=16).eval()
+    query, supports, masks = episode(2, batch=1, size=64)
+    with torch.inference_mode():
+        assert net(query, supports, masks).shape == (1, 2, 64, 64)
+
+
+if __name__ == "__main__":  # regenerate the golden: python -m tests.models.test_bam /path/to/BAM
+    import tempfile
+
+    outputs = {}
+    for k in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            outputs[f"{k}shot"] = reference_outputs(Path(sys.argv[1]), k, Path(tmp))
+    GOLDEN.parent.mkdir(exist_ok=True)
+    torch.save(outputs, GOLDEN)
+    print(f"wrote {GOLDEN}")
