@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,6 @@ COCO_CLASSES = (*coco_fold_class_ids(0), 1)
 def build_fixture(root: Path) -> dict[str, Path]:
     """PASCAL (40 val, 20 training images), COCO (44 val images, 21 classes) and FSS-1000 (6 classes of 10 images)
     in HSNet's layout under ``root``, with the lists the references read; returns the paths."""
-    logging.getLogger("fss").setLevel(logging.ERROR)
     make_pascal(root, n_train=20, n_val=40)
     pascal_splits = root / "splits" / "pascal"
     for sub, year, n in (("val", 2007, 40), ("trn", 2008, 20)):
@@ -126,6 +126,17 @@ EXPECTED: dict[tuple[str, str, int], list] = {
         ("eagle/5", ["eagle/2", "eagle/8", "eagle/1", "eagle/7", "eagle/7"]),
     ],
 }  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _quiet_fss_logs() -> Iterator[None]:
+    """The fixture's datasets announce generated lists and skipped classes: quiet here, restored after
+    (a level left at ERROR hid the warnings other modules' tests look for)."""
+    logger = logging.getLogger("fss")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")
