@@ -30,6 +30,8 @@ Study config (YAML)::
     overrides: {trainer.max_epochs: 15}   # options set on every run
     wandb: {project: fss-study, offline: true}   # or wandb: false
     pretrain: pretrain_synthetic.yaml    # optional `fss pretrain` config run first (once)
+    stage1: {config: pascal_bam_base.yaml, option: model.net.base_learner}   # optional first
+                                     # stage, fitted once per fold; its checkpoint goes to `option`
 
 Finished runs (``best.json`` and ``test/test_results.json`` present) are skipped; a run
 interrupted during fit restarts from ``checkpoints/last.ckpt``. ``--emit-commands`` prints the

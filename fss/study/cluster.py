@@ -15,7 +15,8 @@ come from the study config's ``slurm:`` mapping (:class:`fss.study.config.SlurmO
       extra: {constraint: a100}   # any other #SBATCH option
 
 ``fss study --config X --write-slurm`` writes ``commands.txt`` (one ``fss fit ... && fss test ...``
-line per run) and ``study.sbatch`` into the study directory; ``sbatch study.sbatch`` then runs the
+line per run; with a ``stage1:`` also ``stage1_commands.txt``, one fit per fold to run before them)
+and ``study.sbatch`` into the study directory; ``sbatch study.sbatch`` then runs the
 whole array. ``fss study --config X --submit`` submits the same array with ``submitit`` (an optional
 dependency: ``pip install "fss[cluster]"``) and waits for it, then writes the tables.
 """
@@ -61,6 +62,10 @@ def sbatch_script(study: Study, config: str | Path, options: SlurmOptions) -> st
     pretrain = study.pretrain_args()
     if pretrain is not None:
         lines.append(f"# the backbone pretraining must have run once before: {command_line(pretrain)}")
+    if study.stage1 is not None:
+        lines.append(
+            "# each fold's first stage (stage1:) is fitted by the first of its tasks; the others wait for it"
+        )
     run = command_line(study_command(study, config, "$SLURM_ARRAY_TASK_ID"))
     lines.append(run.replace("'$SLURM_ARRAY_TASK_ID'", '"$SLURM_ARRAY_TASK_ID"'))
     lines.append(
@@ -79,10 +84,15 @@ def write_slurm(study: Study, config: str | Path, options: SlurmOptions) -> dict
         for run in study.runs()
     ]
     commands.write_text("\n".join(lines) + "\n")
+    paths = {"commands": commands}
+    if study.stage1 is not None:  # to be run before commands.txt when not going through `fss study`
+        paths["stage1_commands"] = out / "stage1_commands.txt"
+        folds = sorted({run.fold for run in study.runs()})
+        paths["stage1_commands"].write_text("".join(f"{command_line(study.stage1_args(f))}\n" for f in folds))
     script = out / "study.sbatch"
     script.write_text(sbatch_script(study, config, options))
     script.chmod(0o755)
-    return {"commands": commands, "sbatch": script}
+    return {**paths, "sbatch": script}
 
 
 def submit(

@@ -104,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         pretrain = study.pretrain_args()
         if pretrain is not None:
             print(f"# first, once: {command_line(pretrain)}")
+        if study.stage1 is not None:
+            folds = sorted(
+                {r.fold for i, r in enumerate(runs) if args.run_index is None or i in args.run_index}
+            )
+            for fold in folds:
+                print(
+                    f"# first stage of fold {fold}, before its runs: {command_line(study.stage1_args(fold))}"
+                )
         for i, run in enumerate(runs):
             if args.run_index is None or i in args.run_index:
                 print(f"{command_line(study.args(run, 'fit'))} && {command_line(study.args(run, 'test'))}")

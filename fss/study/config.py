@@ -30,6 +30,7 @@ STUDY_KEYS = {
     "wandb",
     "pretrain",
     "slurm",
+    "stage1",
 }
 
 
@@ -125,6 +126,64 @@ class SlurmOptions:
 
 
 @dataclass
+class FirstStage:
+    """A first training stage fitted once per fold before the study's runs (the study config's
+    ``stage1:`` mapping); its checkpoint is given to every run of that fold through ``option``.
+
+    This chains BAM's two stages: stage 1 trains the base learner (``configs/pascal_bam_base.yaml``),
+    every run of the study trains the meta learner with ``--model.net.base_learner`` set to it.
+
+    Attributes:
+        config: the stage's fit config (a path, relative to the study file, else to the cwd).
+        option: the option of every run that receives the stage's checkpoint path.
+        checkpoint: ``last`` (the end of the last epoch: stages that are not validated, as BAM's
+            base learner) or ``best`` (the best checkpoint by the stage config's monitor).
+        seed: its ``seed_everything`` (one first stage per fold, shared by all variants and seeds).
+        overrides: options set on the stage's fit; the study's own ``overrides`` are *not* applied
+            (they are options of the runs, which are another model).
+    """
+
+    config: Path
+    option: str = "model.net.base_learner"
+    checkpoint: Literal["last", "best"] = "last"
+    seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    KEYS = ("config", "option", "checkpoint", "seed", "overrides")
+
+    @classmethod
+    def from_mapping(cls, raw: Any, study_path: Path) -> FirstStage:
+        """Build from the config mapping; a wrong key or value is a :class:`StudyConfigError` naming it."""
+        where = f"{study_path}: stage1"
+        if not isinstance(raw, dict):
+            raise StudyConfigError(f"{where} is a mapping (config, option, checkpoint, seed, overrides)")
+        unknown = sorted(set(raw) - set(cls.KEYS))
+        if unknown:
+            raise StudyConfigError(f"{where}: unknown option(s) {unknown}; valid: {list(cls.KEYS)}")
+        if "config" not in raw:
+            raise StudyConfigError(f"{where}: missing `config:` (the fit config of the first stage)")
+        checkpoint = raw.get("checkpoint", "last")
+        if checkpoint not in ("last", "best"):
+            raise StudyConfigError(f"{where}.checkpoint must be `last` or `best`, got {checkpoint!r}")
+        seed = _int_list(raw.get("seed", 0), study_path, "stage1.seed")
+        if len(seed) != 1:
+            raise StudyConfigError(f"{where}.seed is one integer, got {raw.get('seed')!r}")
+        overrides = raw.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise StudyConfigError(f"{where}.overrides maps options to values")
+        option = raw.get("option", "model.net.base_learner")
+        if not isinstance(option, str) or not option:
+            raise StudyConfigError(f"{where}.option is an option name such as model.net.base_learner")
+        return cls(
+            config=_resolve(study_path, str(raw["config"]), "stage1.config"),
+            option=option,
+            checkpoint=checkpoint,
+            seed=seed[0],
+            overrides=dict(overrides),
+        )
+
+
+@dataclass
 class Run:
     """One run of a study: a variant on one fold and seed.
 
@@ -205,6 +264,7 @@ class Study:
     wandb: dict[str, Any] | None = None
     pretrain: Path | None = None
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    stage1: FirstStage | None = None
 
     # ------------------------------------------------------------------------------- loading
     @classmethod
@@ -269,6 +329,7 @@ class Study:
             wandb=None if wandb is False else wandb,
             pretrain=_resolve(path, str(pretrain), "pretrain") if pretrain else None,
             slurm=SlurmOptions.from_mapping(raw.get("slurm"), str(path)),
+            stage1=FirstStage.from_mapping(raw["stage1"], path) if raw.get("stage1") is not None else None,
         )
 
     # ------------------------------------------------------------------------------- runs
@@ -290,6 +351,42 @@ class Study:
             for fold in self.folds
             for seed in self.seeds
         ]
+
+    def stage1_run(self, fold: int) -> Run:
+        """The first stage of ``fold`` as a run (``<output_dir>/stage1/fold<f>``); needs ``stage1:``."""
+        if self.stage1 is None:
+            raise StudyConfigError(f"study {self.name} has no `stage1:`")
+        root = self.output_dir / "stage1" / f"fold{fold}"
+        return Run("stage1", {}, fold, self.stage1.seed, root)
+
+    def stage1_checkpoint(self, fold: int) -> Path:
+        """The checkpoint of ``fold``'s first stage that its runs receive."""
+        assert self.stage1 is not None
+        run = self.stage1_run(fold)
+        return run.last_ckpt if self.stage1.checkpoint == "last" else run.best_ckpt
+
+    def stage1_done(self, fold: int) -> bool:
+        """Whether ``fold``'s first stage finished (its ``done.json``, written after the fit, and its
+        checkpoint exist; a ``last.ckpt`` alone may be the end of an interrupted epoch)."""
+        return (self.stage1_run(fold).root / "done.json").is_file() and self.stage1_checkpoint(fold).is_file()
+
+    def stage1_args(self, fold: int, resume: bool = False) -> list[str]:
+        """The ``fss fit`` arguments of ``fold``'s first stage (resuming from its ``last.ckpt``)."""
+        assert self.stage1 is not None
+        run = self.stage1_run(fold)
+        options: dict[str, Any] = dict(self.stage1.overrides)
+        options[self.fold_key] = fold
+        options["seed_everything"] = run.seed
+        options["trainer.default_root_dir"] = str(run.root)
+        options["trainer.logger"] = self._loggers(run, "fit", "fit")
+        args = ["fit", "--config", str(self.stage1.config)]
+        for key, value in options.items():
+            args += [f"--{key}", cli_value(value)]
+        args += ["--checkpoint.dirpath", str(run.checkpoint_dir)]
+        args += ["--checkpoint.filename", "best", "--checkpoint.save_top_k", "1"]
+        if resume and run.last_ckpt.is_file():
+            args += ["--ckpt_path", str(run.last_ckpt)]
+        return args
 
     def _loggers(self, run: Run, stage: Literal["fit", "test"], version: str) -> list[dict[str, Any]]:
         loggers: list[dict[str, Any]] = [
@@ -326,6 +423,8 @@ class Study:
     def args(self, run: Run, stage: Literal["fit", "test"], resume: bool = False) -> list[str]:
         """The ``fss fit`` / ``fss test`` arguments of ``run`` (without the ``fss`` program name)."""
         options: dict[str, Any] = dict(self.overrides)
+        if self.stage1 is not None:  # the run's input from the first stage of its fold
+            options[self.stage1.option] = str(self.stage1_checkpoint(run.fold))
         options.update(run.options)
         options[self.fold_key] = run.fold
         options["seed_everything"] = run.seed

@@ -1,21 +1,28 @@
 """Running a study's runs: one ``fss fit`` + ``fss test`` each, in subprocesses or in this process.
 
-Finished runs are skipped; a run interrupted during fit resumes from its ``last.ckpt``.
+Finished runs are skipped; a run interrupted during fit resumes from its ``last.ckpt``. With a
+``stage1:`` the first stage of a run's fold is fitted first, once: runs of the same fold that start
+together (``--jobs``, SLURM array tasks) wait on a lock file in its directory for the one that fits it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
+from fss.atomic import write_text
 from fss.study.config import Run, Study, command_line
 
 # ------------------------------------------------------------------------------------ running
@@ -48,11 +55,61 @@ def _execute(args: list[str], launcher: Launcher, log: Path) -> None:
         raise RuntimeError(f"`{command_line(args[:3])} ...` failed (exit {proc.returncode}); see {log}")
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the block: other processes and
+    threads that take it wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_first_stage(study: Study, fold: int, launcher: Launcher = "subprocess") -> str:
+    """Fit the first stage of ``fold`` unless done (resuming from its ``last.ckpt``); return its status.
+
+    When the fit ends, ``done.json`` (the checkpoint the runs receive, the time) marks it finished.
+    """
+    stage = study.stage1_run(fold)
+    with _locked(stage.root / ".lock"):
+        if study.stage1_done(fold):
+            return "skipped"
+        start = time.monotonic()
+        resumed = stage.last_ckpt.is_file()
+        _execute(study.stage1_args(fold, resume=True), launcher, stage.root / "fit.log")
+        checkpoint = study.stage1_checkpoint(fold)
+        if not checkpoint.is_file():
+            raise RuntimeError(
+                f"the first stage of fold {fold} ended without {checkpoint}: check stage1.checkpoint "
+                f"(`last` or `best`) and the stage config's checkpoint options; log: {stage.root / 'fit.log'}"
+            )
+        record = {
+            "checkpoint": str(checkpoint),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "wall_time_s": round(time.monotonic() - start, 1),
+        }
+        write_text(stage.root / "done.json", json.dumps(record, indent=2) + "\n")
+    status = "resumed" if resumed else "ran"
+    print(f"[study] first stage of fold {fold}: {status}, {checkpoint}", flush=True)
+    return status
+
+
 def run_one(study: Study, run: Run, launcher: Launcher = "subprocess") -> str:
-    """Fit (resuming from ``last.ckpt``) and test ``run`` unless already done; return its status."""
+    """Fit (resuming from ``last.ckpt``) and test ``run`` unless already done; return its status.
+
+    With a ``stage1:``, the first stage of the run's fold is fitted first when it is not done yet.
+    """
     if run.fit_done and run.test_done:
         return "skipped"
     start = time.monotonic()
+    if study.stage1 is not None and not run.fit_done:
+        try:
+            run_first_stage(study, run.fold, launcher)
+        except (Exception, SystemExit) as err:
+            raise RuntimeError(f"the first stage of fold {run.fold} failed: {err}") from err
     resumed = not run.fit_done and run.last_ckpt.is_file()
     if not run.fit_done:
         _execute(study.args(run, "fit", resume=True), launcher, run.root / "fit.log")
