@@ -15,6 +15,7 @@ from fss.backbones.base import BackboneWeightsError, FeatureBackbone, FeatureInf
 from fss.backbones.dilated_resnet import DilatedResNet
 from fss.backbones.resnet import ResNet
 from fss.backbones.timm_backbone import TimmBackbone
+from fss.backbones.vgg import VGG16BN
 
 #: short name -> (class, constructor arguments)
 BACKBONES: dict[str, tuple[type[FeatureBackbone], dict[str, Any]]] = {
@@ -24,6 +25,7 @@ BACKBONES: dict[str, tuple[type[FeatureBackbone], dict[str, Any]]] = {
     "resnet101": (ResNet, {"name": "resnet101"}),
     "dilated_resnet50": (DilatedResNet, {"name": "resnet50"}),
     "dilated_resnet101": (DilatedResNet, {"name": "resnet101"}),
+    "vgg16_bn": (VGG16BN, {}),
     "dinov2_vits14": (TimmBackbone, {"name": "vit_small_patch14_dinov2.lvd142m"}),
     "dinov2_vitb14": (TimmBackbone, {"name": "vit_base_patch14_dinov2.lvd142m"}),
 }
@@ -36,6 +38,7 @@ __all__ = [
     "FeatureInfo",
     "ResNet",
     "TimmBackbone",
+    "VGG16BN",
     "backbone_spec",
     "build_backbone",
 ]

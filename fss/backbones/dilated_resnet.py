@@ -131,6 +131,11 @@ class DilatedResNet(FeatureBackbone):
         layers += [Bottleneck(out, planes, dilation=dilation) for _ in range(blocks - 1)]
         return nn.Sequential(*layers), out
 
+    @staticmethod
+    def reference_key(key: str) -> str:
+        """A backbone key of a BAM/PFENet checkpoint -> ours (:func:`reference_backbone_key`)."""
+        return reference_backbone_key(key)
+
     def load_weights(self, weights: str | None) -> None:
         """Load a PSPNet-style ImageNet file (or a checkpoint of this backbone); None keeps random weights."""
         if weights is None or weights == "none":
@@ -157,6 +162,9 @@ class DilatedResNet(FeatureBackbone):
             if not key.startswith("fc."):
                 ours[key] = value.float() if value.is_floating_point() else value
         own = self.state_dict()
+        for key in own:  # files saved before PyTorch 0.4.1 have no BatchNorm counters (unused here)
+            if key.endswith("num_batches_tracked"):
+                ours.setdefault(key, own[key])
         missing = [k for k in own if k not in ours]
         unexpected = [k for k in ours if k not in own]
         wrong = [k for k in ours if k in own and ours[k].shape != own[k].shape]

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from fss.backbones import FeatureBackbone
 from fss.backbones.dilated_resnet import DilatedResNet, reference_backbone_key
+from fss.backbones.vgg import VGG16BN
 from fss.masking import SupportMasking, input_mask, resize_mask
 from fss.models.base import FewShotSegmenter, _as_shots
 
@@ -57,6 +58,8 @@ from fss.models.base import FewShotSegmenter, _as_shots
 AREA_EPS = 5e-4
 #: cosine similarity denominators get this added (the reference's)
 COSINE_EPS = 1e-7
+#: the references' backbones, cut in stages: the support's ``layer4`` is run from its masked ``layer3``
+STAGED_BACKBONES = (DilatedResNet, VGG16BN)
 
 
 def gram_matrix(feat: Tensor) -> Tensor:
@@ -326,7 +329,7 @@ class BAM(FewShotSegmenter):
         if not head:  # the reference PSPNet: layer0..4 (and encoder.*), ppm.*, cls.*
             backbone = {k: v for k, v in sd.items() if re.match(r"layer[0-4]\.", k)}
             head = {_reference_head_key(k): v for k, v in sd.items() if k.startswith(("ppm.", "cls."))}
-        if isinstance(self.backbone, DilatedResNet):
+        if isinstance(self.backbone, STAGED_BACKBONES):
             self.backbone.load_reference_state_dict(backbone, source=source)
         else:
             self.backbone.load_state_dict(backbone)
@@ -383,9 +386,11 @@ class BAM(FewShotSegmenter):
         parts = [query_img, s_img] + ([input_mask(s_img, s_mask)] if needs_masked else [])
         sizes = [p.shape[0] for p in parts]
         with torch.no_grad():
-            if isinstance(self.backbone, DilatedResNet):
+            if isinstance(self.backbone, STAGED_BACKBONES):
                 f1 = self.backbone.stem(torch.cat(parts))
                 f1, f2, f3 = self.backbone.run_stages(f1, 1, 3)
+                if f2.shape[-2:] != f3.shape[-2:]:  # VGG: layer2 (stride 8) to layer3's grid (16)
+                    f2 = F.interpolate(f2, f3.shape[-2:], mode="bilinear", align_corners=True)
                 split2, split3 = f2.split(sizes), f3.split(sizes)
                 plain3, masked3 = split3[1], split3[2] if needs_masked else None
                 layer4_in = [split3[0], *masking([plain3], [masked3] if needs_masked else None, s_mask)]
@@ -496,16 +501,21 @@ class BAM(FewShotSegmenter):
             state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
         if isinstance(state_dict.get("state_dict"), dict):
             state_dict = state_dict["state_dict"]
+        backbone_key = getattr(self.backbone, "reference_key", reference_backbone_key)
         ours = {}
         for key, value in state_dict.items():
-            ours[reference_bam_key(key.removeprefix("module."))] = value
+            ours[reference_bam_key(key.removeprefix("module."), backbone_key)] = value
         super().load_reference_state_dict(ours)
 
 
-def reference_bam_key(key: str) -> str:
-    """A key of the reference BAM's state_dict -> ours (keys already in our names pass unchanged)."""
+def reference_bam_key(key: str, backbone_key: Callable[[str], str] = reference_backbone_key) -> str:
+    """A key of the reference BAM's state_dict -> ours (keys already in our names pass unchanged).
+
+    ``backbone_key`` maps the backbone's ``layer0..4`` keys: the dilated ResNet's (default) renames
+    the stem, :meth:`VGG16BN.reference_key <fss.backbones.VGG16BN.reference_key>` keeps them.
+    """
     if re.match(r"layer[0-4]\.", key):
-        return "backbone." + reference_backbone_key(key)
+        return "backbone." + backbone_key(key)
     rules = (
         (r"learner_base\.0\.features\.", "base_learner.ppm.stages."),
         (r"learner_base\.1\.", "base_learner.classifier."),

@@ -1,15 +1,18 @@
 """BAM: parity with the public code (chunbolang/BAM), the ensemble by hand, k shots, masking places, training.
 
-Parity. ``seeded_bam`` builds a full-width BAM (dilated ResNet-50, 15 PASCAL base classes) and fills
-every tensor from a seeded generator; ``episode`` draws seeded inputs. The golden file
-``tests/models/data/bam_reference.pt`` holds the outputs of the *reference* ``model/BAM.py``
-(``OneModel``, eval mode) loaded with exactly these weights, on these inputs: ``final``/``meta`` at
-the 65 px output and the ``base`` logits on the stride-8 grid, for 1 and 2 shots. It was produced by
-``python -m tests.models.test_bam /path/to/clone/of/chunbolang/BAM`` (this file's ``__main__``: it
-imports the reference model with a stub for its ``util.util`` import, writes the ``initmodel`` files
-its constructor reads into a temporary folder, loads our weights under its names and runs it on
-CPU). With ``FSS_BAM_REF`` set to such a clone, ``test_parity_with_the_reference_code`` runs the
-reference live instead of reading the golden.
+Parity, for each of the reference's backbones (``resnet50``: the dilated ResNet-50; ``vgg``: VGG-16-BN,
+its ``vgg: True``). ``seeded_bam`` builds a full-width BAM on it (15 PASCAL base classes) and fills
+every tensor from a seeded generator; ``episode`` draws seeded inputs. The golden files
+``tests/models/data/bam_reference.pt`` (ResNet, 65 px inputs) and ``bam_vgg_reference.pt`` (VGG,
+97 px) hold the outputs of the *reference* ``model/BAM.py`` (``OneModel``, eval mode) loaded with
+exactly these weights, on these inputs: ``final``/``meta`` at the output size (the input's) and the
+``base`` logits on the feature grid (stride 8 / 16), for 1 and 2 shots. They were produced by
+``python -m tests.models.test_bam /path/to/clone/of/chunbolang/BAM [resnet50|vgg]`` (this file's
+``__main__``: it imports the reference model with a stub for its ``util.util`` import, writes the
+``initmodel`` files its constructor reads into a temporary folder, loads our weights under its names
+and runs it on CPU); the VGG file on 2026-12-03 from chunbolang/BAM at its latest commit. With
+``FSS_BAM_REF`` set to such a clone, ``test_parity_with_the_reference_code`` runs the reference live
+instead of reading the golden.
 """
 
 from __future__ import annotations
@@ -25,13 +28,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fss.backbones import DilatedResNet, ResNet
+from fss.backbones import VGG16BN, DilatedResNet, FeatureBackbone, ResNet
 from fss.models import BAM
 from fss.models.bam import gram_matrix, prior_mask, reference_bam_key
 from tests.models.conftest import relative_error
 
-SIZE = 65  # (SIZE - 1) divisible by 8: the reference's output size is the input size
-GOLDEN = Path(__file__).parent / "data" / "bam_reference.pt"
+#: per backbone: input size ((size - 1) divisible by the stride: the reference's output size is the
+#: input size, and the stride-s grid is every s-th output pixel), stride of the grid, golden file
+PARITY = {
+    "resnet50": (65, 8, Path(__file__).parent / "data" / "bam_reference.pt"),
+    "vgg": (97, 16, Path(__file__).parent / "data" / "bam_vgg_reference.pt"),
+}
+SIZE = PARITY["resnet50"][0]
 PASCAL_FOLD0_BASE = list(range(5, 20))
 
 
@@ -57,14 +65,19 @@ def randomize_(module: torch.nn.Module, seed: int) -> None:
                 tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
 
 
+def full_backbone(backbone: str) -> FeatureBackbone:
+    """The reference's backbone at full width, random weights."""
+    return VGG16BN(weights=None) if backbone == "vgg" else DilatedResNet(backbone, weights=None)
+
+
 @functools.cache
-def seeded_bam() -> BAM:
+def seeded_bam(backbone: str = "resnet50") -> BAM:
     """The full-width 2-shot BAM of the golden, every tensor seeded (see ``randomize_``).
 
     Its 1-shot outputs are those of a 1-shot BAM with the same weights (``kshot_rw`` is only used
     for K = 2): the 1-shot reference loads every tensor but ``kshot_rw``.
     """
-    net = BAM(DilatedResNet("resnet50", weights=None), masking="fm", shots=2, num_base_classes=15)
+    net = BAM(full_backbone(backbone), masking="fm", shots=2, num_base_classes=15)
     randomize_(net, 0)
     return net.eval()
 
@@ -83,21 +96,26 @@ def episode(shots: int, batch: int = 2, seed: int = 1, size: int = SIZE):
     return query, supports, masks
 
 
-def our_outputs(shots: int) -> dict[str, torch.Tensor]:
-    """Our ``final``/``meta`` at the image size and ``base`` on the stride-8 grid, as in the golden."""
-    net = seeded_bam()
-    query, supports, masks = episode(shots)
+def our_outputs(shots: int, backbone: str = "resnet50") -> dict[str, torch.Tensor]:
+    """Our ``final``/``meta`` at the image size and ``base`` on the feature grid, as in the golden."""
+    net = seeded_bam(backbone)
+    size = PARITY[backbone][0]
+    query, supports, masks = episode(shots, size=size)
     with torch.inference_mode():
         out = net.forward_outputs(query, supports, masks)
         final = net.forward_shots(query, supports, masks)[:, 0]
-    meta = F.interpolate(out["meta"], (SIZE, SIZE), mode="bilinear", align_corners=True)
+    meta = F.interpolate(out["meta"], (size, size), mode="bilinear", align_corners=True)
     return {"final": final, "meta": meta, "base": out["base"]}
 
 
 # -- the reference, run on our weights -------------------------------------------------------------
-def reference_outputs(clone: Path, shots: int, workdir: Path) -> dict[str, torch.Tensor]:
+def reference_outputs(
+    clone: Path, shots: int, workdir: Path, backbone: str = "resnet50"
+) -> dict[str, torch.Tensor]:
     """Run the reference ``OneModel`` (model/BAM.py of ``clone``) with ``seeded_bam``'s weights on ``episode``."""
-    ours = seeded_bam()
+    ours = seeded_bam(backbone)
+    size, stride, _ = PARITY[backbone]
+    vgg = backbone == "vgg"
     saved_modules = {k: v for k, v in sys.modules.items() if k == "model" or k.startswith(("model.", "util"))}
     for key in saved_modules:
         del sys.modules[key]
@@ -109,25 +127,28 @@ def reference_outputs(clone: Path, shots: int, workdir: Path) -> dict[str, torch
     cwd = os.getcwd()
     try:
         from model import resnet as ref_resnet
+        from model import vgg as ref_vgg
         from model.BAM import OneModel
         from model.PSPNet import OneModel as PSPNet
 
         os.chdir(workdir)
-        (workdir / "initmodel" / "PSPNet" / "pascal" / "split0" / "resnet50").mkdir(
-            parents=True, exist_ok=True
-        )
+        folder = "vgg" if vgg else "resnet50"
+        (workdir / "initmodel" / "PSPNet" / "pascal" / "split0" / folder).mkdir(parents=True, exist_ok=True)
         torch.save(ref_resnet.resnet50(pretrained=False).state_dict(), "initmodel/resnet50_v2.pth")
+        torch.save(ref_vgg.vgg16_bn(pretrained=False).state_dict(), "initmodel/vgg16_bn.pth")
         args = Namespace(
-            layers=50, zoom_factor=8, shot=shots, vgg=False, data_set="pascal", ignore_label=255,
+            layers=50, zoom_factor=8, shot=shots, vgg=vgg, data_set="pascal", ignore_label=255,
             print_freq=10, split=0, low_fea="layer2", kshot_trans_dim=2,
         )  # fmt: skip
         psp = PSPNet(args)
-        torch.save({"state_dict": psp.state_dict()}, "initmodel/PSPNet/pascal/split0/resnet50/best.pth")
+        torch.save({"state_dict": psp.state_dict()}, f"initmodel/PSPNet/pascal/split0/{folder}/best.pth")
         ref = OneModel(args, cls_type="Base")
         mine = ours.state_dict()
-        ref.load_state_dict({k: mine[reference_bam_key(k)] for k in ref.state_dict()})
+        ref.load_state_dict(
+            {k: mine[reference_bam_key(k, ours.backbone.reference_key)] for k in ref.state_dict()}
+        )
         ref.eval()
-        query, supports, masks = episode(shots)
+        query, supports, masks = episode(shots, size=size)
         with torch.no_grad():
             final, meta, base = ref(x=query, s_x=supports, s_y=masks, y_m=None, y_b=None)
     finally:
@@ -136,7 +157,7 @@ def reference_outputs(clone: Path, shots: int, workdir: Path) -> dict[str, torch
         for key in [k for k in sys.modules if k == "model" or k.startswith(("model.", "util"))]:
             del sys.modules[key]
         sys.modules.update(saved_modules)
-    return {"final": final, "meta": meta, "base": base[..., ::8, ::8].contiguous().clone()}
+    return {"final": final, "meta": meta, "base": base[..., ::stride, ::stride].contiguous().clone()}
 
 
 def _assert_parity(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
@@ -145,20 +166,22 @@ def _assert_parity(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) 
         assert relative_error(ours[key], ref[key]) <= 1e-4, key
 
 
+@pytest.mark.parametrize("backbone", list(PARITY))
 @pytest.mark.parametrize("shots", [1, 2])
-def test_parity_with_the_reference_golden(shots):
-    golden = torch.load(GOLDEN, map_location="cpu", weights_only=True)[f"{shots}shot"]
-    _assert_parity(our_outputs(shots), golden)
+def test_parity_with_the_reference_golden(shots, backbone):
+    golden = torch.load(PARITY[backbone][2], map_location="cpu", weights_only=True)[f"{shots}shot"]
+    _assert_parity(our_outputs(shots, backbone), golden)
 
 
+@pytest.mark.parametrize("backbone", list(PARITY))
 @pytest.mark.parametrize("shots", [1, 2])
-def test_parity_with_the_reference_code(shots, tmp_path):
+def test_parity_with_the_reference_code(shots, backbone, tmp_path):
     clone = os.environ.get("FSS_BAM_REF")
     if not clone:
         pytest.skip("set FSS_BAM_REF to a clone of github.com/chunbolang/BAM to run the reference live")
     if not (Path(clone) / "model" / "BAM.py").is_file():
         pytest.skip(f"FSS_BAM_REF={clone} has no model/BAM.py")
-    _assert_parity(our_outputs(shots), reference_outputs(Path(clone), shots, tmp_path))
+    _assert_parity(our_outputs(shots, backbone), reference_outputs(Path(clone), shots, tmp_path, backbone))
 
 
 #: our stem names -> the reference's ``layer0`` Sequential
@@ -330,13 +353,15 @@ def test_runs_on_another_backbone():
         assert net(query, supports, masks).shape == (1, 2, 64, 64)
 
 
-if __name__ == "__main__":  # regenerate the golden: python -m tests.models.test_bam /path/to/BAM
+if __name__ == "__main__":  # regenerate a golden: python -m tests.models.test_bam /path/to/BAM [resnet50|vgg]
     import tempfile
 
+    name = sys.argv[2] if len(sys.argv) > 2 else "resnet50"
+    golden = PARITY[name][2]
     outputs = {}
     for k in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
-            outputs[f"{k}shot"] = reference_outputs(Path(sys.argv[1]), k, Path(tmp))
-    GOLDEN.parent.mkdir(exist_ok=True)
-    torch.save(outputs, GOLDEN)
-    print(f"wrote {GOLDEN}")
+            outputs[f"{k}shot"] = reference_outputs(Path(sys.argv[1]), k, Path(tmp), name)
+    golden.parent.mkdir(exist_ok=True)
+    torch.save(outputs, golden)
+    print(f"wrote {golden}")

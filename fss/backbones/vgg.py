@@ -1,0 +1,188 @@
+"""VGG-16 with BatchNorm split into PSPNet's five stages, the other backbone of the prototype family
+(PFENet, BAM: ``vgg: True`` in their configs).
+
+The layers are torchvision's ``vgg16_bn().features`` (13 blocks of 3x3 convolution with bias,
+BatchNorm and ReLU, 2x2 max-pools between the five groups) with two differences the references make:
+
+* the max-pools round **up** (``ceil_mode=True``): a 473 px crop gives 237, 119, 60 and 30 px maps,
+  not torchvision's 236, 118, 59, 29;
+* the fifth max-pool (index 43) is dropped: ``layer4`` keeps ``layer3``'s stride 16.
+
+Stages (index ranges into ``features``, as the references cut them):
+
+========  =========  ===============================  ========  ======
+stage     indices    content                          channels  stride
+========  =========  ===============================  ========  ======
+layer0    0..6       2 x conv 64, max-pool            64        2
+layer1    7..13      2 x conv 128, max-pool           128       4
+layer2    14..23     3 x conv 256, max-pool           256       8
+layer3    24..33     3 x conv 512, max-pool           512       16
+layer4    34..42     3 x conv 512                     512       16
+========  =========  ===============================  ========  ======
+
+``layer0`` is the stem (:meth:`VGG16BN.stem`); levels 1..4 are ``layer1``..``layer4`` (each stage's
+output: after a max-pool for 0..3, after the last ReLU for 4). Parameter names are the references'
+(``layer<k>.<index within the stage>``), so BAM/PSPNet checkpoints load as they are; the ImageNet
+file (``initmodel/vgg16_bn.pth``, torchvision's ``vgg16_bn`` state_dict: ``features.<index>``,
+``classifier.*``) is mapped by the index ranges above (:func:`imagenet_key`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from fss.backbones.base import BackboneWeightsError, FeatureBackbone, FeatureInfo
+
+#: the ImageNet file in the PSPNet/PFENet/BAM ``initmodel`` folder
+WEIGHT_FILE = "vgg16_bn.pth"
+#: output channels of each 3x3 convolution of a stage (at width 64)
+STAGE_CONVS: tuple[tuple[int, ...], ...] = (
+    (64, 64),
+    (128, 128),
+    (256, 256, 256),
+    (512, 512, 512),
+    (512, 512, 512),
+)
+#: first index of each stage in ``vgg16_bn.features`` (a convolution block is 3 modules, a max-pool 1)
+STAGE_STARTS = (0, 7, 14, 24, 34)
+#: nominal stride of each stage's output
+STAGE_STRIDES = (2, 4, 8, 16, 16)
+
+
+def imagenet_key(key: str) -> str:
+    """A key of torchvision's ``vgg16_bn`` state_dict (``features.24.weight``) -> ours (``layer3.0.weight``).
+
+    Keys that are not ``features.<index>`` are returned unchanged.
+    """
+    match = re.fullmatch(r"features\.(\d+)\.(.+)", key)
+    if not match:
+        return key
+    index = int(match.group(1))
+    stage = max(s for s, start in enumerate(STAGE_STARTS) if start <= index)
+    return f"layer{stage}.{index - STAGE_STARTS[stage]}.{match.group(2)}"
+
+
+class VGG16BN(FeatureBackbone):
+    """A frozen VGG-16-BN in PSPNet's five stages (module docstring), one map per stage 1..4.
+
+    Args:
+        weights: ``imagenet``: ``initmodel/vgg16_bn.pth`` under the working directory (where the
+            references keep torchvision's ImageNet ``vgg16_bn`` weights); a path to such a
+            ``state_dict`` (``classifier.*`` keys ignored) or to a checkpoint of this backbone in our
+            (the references') names; or null for random weights. There is no download.
+        width: channels of the first convolutions (64; every width scales with it, for fast tests).
+        trainable: fine-tune it (BAM's base learner in stage 1: parameters get gradients and
+            BatchNorm follows ``.train()``); False (every few-shot model): frozen, always in eval mode.
+
+    Example:
+        >>> bb = VGG16BN(weights="initmodel/vgg16_bn.pth")
+        >>> [tuple(f.shape[1:]) for f in bb(torch.randn(1, 3, 473, 473))]
+        [(128, 119, 119), (256, 60, 60), (512, 30, 30), (512, 30, 30)]
+    """
+
+    def __init__(self, weights: str | None = "imagenet", width: int = 64, trainable: bool = False) -> None:
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"VGG16BN width must be positive, got {width}")
+        self.name = "vgg16_bn"
+        in_channels = 3
+        for stage, convs in enumerate(STAGE_CONVS):
+            modules: list[nn.Module] = []
+            for channels in convs:
+                out = channels * width // 64
+                modules += [
+                    nn.Conv2d(in_channels, out, 3, padding=1),
+                    nn.BatchNorm2d(out),
+                    nn.ReLU(inplace=True),
+                ]
+                in_channels = out
+            if stage < 4:
+                modules.append(nn.MaxPool2d(2, stride=2, ceil_mode=True))
+            setattr(self, f"layer{stage}", nn.Sequential(*modules))
+        self._describe(
+            [
+                FeatureInfo(
+                    channels=STAGE_CONVS[stage][-1] * width // 64,
+                    stride=STAGE_STRIDES[stage],
+                    level=stage,
+                    module=f"layer{stage}",
+                )
+                for stage in (1, 2, 3, 4)
+            ]
+        )
+        self.trainable = trainable
+        self.load_weights(weights)
+        if not trainable:
+            self._freeze()
+
+    def train(self, mode: bool = True) -> VGG16BN:
+        """Eval mode unless ``trainable`` (then as ``nn.Module.train``)."""
+        return nn.Module.train(self, mode and self.trainable)
+
+    @staticmethod
+    def reference_key(key: str) -> str:
+        """A backbone key of a BAM/PSPNet checkpoint -> ours: the same (``layer<k>.<i>``)."""
+        return key
+
+    def load_weights(self, weights: str | None) -> None:
+        """Load torchvision's ImageNet ``vgg16_bn`` file (or a checkpoint of this backbone); None: random."""
+        if weights is None or weights == "none":
+            return
+        path = Path("initmodel", WEIGHT_FILE) if weights == "imagenet" else Path(weights).expanduser()
+        if not path.is_file():
+            raise BackboneWeightsError(
+                f"VGG-16-BN weights file not found: {path.absolute()}. This backbone uses torchvision's "
+                f"ImageNet vgg16_bn weights as the references keep them ({WEIGHT_FILE} in their initmodel/ "
+                f"folder): put it at initmodel/{WEIGHT_FILE} under the working directory, or pass it with "
+                "--model.backbone.weights PATH, or use --model.backbone.weights null for random weights."
+            )
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+            sd = sd["state_dict"]
+        self.load_reference_state_dict(sd, source=str(path))
+
+    def load_reference_state_dict(self, sd: dict[str, Tensor], source: str = "the state_dict") -> None:
+        """Load keys in our names or torchvision's (``module.``, ``features.<i>``; ``classifier.*`` ignored)."""
+        ours = {}
+        for key, value in sd.items():
+            key = imagenet_key(key.removeprefix("module."))
+            if not key.startswith("classifier."):
+                ours[key] = value.float() if value.is_floating_point() else value
+        own = self.state_dict()
+        for key in own:  # files saved before PyTorch 0.4.1 have no BatchNorm counters (unused here)
+            if key.endswith("num_batches_tracked"):
+                ours.setdefault(key, own[key])
+        missing = [k for k in own if k not in ours]
+        unexpected = [k for k in ours if k not in own]
+        wrong = [k for k in ours if k in own and ours[k].shape != own[k].shape]
+        if missing or unexpected or wrong:
+            raise BackboneWeightsError(
+                f"{source} does not fit a {self.name} (option model.backbone.weights): missing keys "
+                f"{missing[:4]}, unexpected keys {unexpected[:4]}, keys of another shape {wrong[:4]}"
+            )
+        self.load_state_dict(ours)
+
+    def stem(self, img: Tensor) -> Tensor:
+        """Images [N, 3, H, W] -> ``layer0``'s output [N, width, ceil(H/2), ceil(W/2)]."""
+        return self.layer0(img)
+
+    def run_stages(self, feat: Tensor, start: int, stop: int = 4) -> list[Tensor]:
+        """The outputs of stages ``start``..``stop`` from ``feat``, the input of stage ``start``
+        (``run_stages(masked_layer3, 4)``: BAM's support ``layer4``)."""
+        outs = []
+        for stage in range(start, stop + 1):
+            feat = getattr(self, f"layer{stage}")(feat)
+            outs.append(feat)
+        return outs
+
+    def forward(self, img: Tensor) -> list[Tensor]:
+        """Images [N, 3, H, W] -> the output [N, C_l, h_l, w_l] of each selected stage.
+
+        Only the stages up to the deepest selected level run.
+        """
+        outs = self.run_stages(self.stem(img), 1, max(self.levels))
+        return [outs[level - 1] for level in self.levels]
