@@ -1,5 +1,6 @@
 """BAM's two-stage training through the CLI on synthetic data: stage 1 fits the base learner (PSPNet on
-the fold's training classes, backbone fine-tuned), stage 2 fits BAM with that base learner frozen."""
+the fold's training classes, backbone fine-tuned), stage 2 fits BAM with that base learner frozen; on
+both of the reference's backbones (the dilated ResNet-50 and VGG-16-BN, at width 4)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from tests.test_models_cli import DEMO, TINY
 #: a dilated ResNet-50 of width 4, random weights
 BACKBONE = ["--model.backbone", "fss.backbones.DilatedResNet", "--model.backbone.name", "resnet50", "--model.backbone.weights", "null",
             "--model.backbone.width", "4"]  # fmt: skip
+#: VGG-16-BN of width 4, random weights
+VGG = ["--model.backbone", "fss.backbones.VGG16BN", "--model.backbone.weights", "null", "--model.backbone.width", "4"]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +26,8 @@ def _no_pytest_argv(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["fss"])
 
 
-def test_base_learner_then_bam(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backbone", [BACKBONE, VGG], ids=["dilated_resnet50", "vgg16_bn"])
+def test_base_learner_then_bam(tmp_path: Path, backbone: list[str]) -> None:
     stage1 = build_cli(
         [
             "fit",
@@ -42,7 +46,7 @@ def test_base_learner_then_bam(tmp_path: Path) -> None:
             "36",
             "--model.net.hidden",
             "32",
-            *BACKBONE,
+            *backbone,
             "--model.backbone.trainable",
             "true",
             "--data.init_args.class_maps",
@@ -85,7 +89,9 @@ def test_base_learner_then_bam(tmp_path: Path) -> None:
             str(ckpt),
             "--model.net.reduce_dim",
             "16",
-            *BACKBONE,
+            *backbone,
+            "--data.init_args.class_maps",
+            "true",
             "--model.masking",
             "hm",
             "--model.optimizer",
@@ -105,9 +111,13 @@ def test_base_learner_then_bam(tmp_path: Path) -> None:
     for key, value in bam.backbone.state_dict().items():
         assert torch.equal(value, trained[f"net.backbone.{key}"]), key
     metrics = stage2.trainer.callback_metrics
-    assert {"train/loss", "train/loss_main", "train/loss_aux_meta", "val/miou"} <= set(metrics)
+    assert {"train/loss", "train/loss_main", "train/loss_aux_meta", "train/loss_base", "val/miou"} <= set(
+        metrics
+    )
+    assert metrics["train/loss_base"] > 0  # CE over the 37 base-learner channels
     torch.testing.assert_close(
-        metrics["train/loss"], metrics["train/loss_main"] + metrics["train/loss_aux_meta"]
+        metrics["train/loss"],
+        metrics["train/loss_main"] + metrics["train/loss_aux_meta"] + metrics["train/loss_base"],
     )
 
 

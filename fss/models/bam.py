@@ -32,14 +32,20 @@ then exactly the reference; IM uses the masked image's ``layer3``/``layer4``/red
 is positive, else IM; ``none`` leaves the features unmasked (the prototype's denominator stays the
 mask area). The Gram matrices always compare the plain images (the scene, not the object).
 
-Training (``training_loss``): ``CE(final) + aux_weight * CE(meta)`` (the reference's ``main_loss`` +
-``aux_loss1``). The reference also adds ``CE(base, base labels)``, which has no gradient (the base
-learner is frozen) and needs the query's base-class label map, so it is not computed.
+Training (``training_loss``): ``CE(final) + aux_weight * CE(meta) + base_weight * CE(base, base
+labels)``, the reference's ``main_loss + aux_weight1 * aux_loss1 + aux_weight2 * aux_loss2`` (its
+``loss_train``), each term logged (``train/loss_main``, ``train/loss_aux_meta``, ``train/loss_base``).
+The base term carries no gradient (the base learner is frozen), so it moves the logged total, not the
+training; it needs the query's class map (``data.class_maps: true``; without one it is left out, with
+a warning). Its labels are the reference's base annotation: each base class at its channel, every
+other class background, 255 ignored. As in the reference (whose ``fix_bn`` only fixes BatchNorm), the
+base learner's dropout is active in training, in the ensemble's base map and in this loss alike.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,7 @@ from fss.backbones import FeatureBackbone
 from fss.backbones.dilated_resnet import DilatedResNet, reference_backbone_key
 from fss.backbones.vgg import VGG16BN
 from fss.masking import SupportMasking, input_mask, resize_mask
+from fss.metrics import IGNORE_INDEX
 from fss.models.base import FewShotSegmenter, _as_shots
 
 #: the prototype's masked average divides by the mask area plus this (the reference's)
@@ -148,6 +155,20 @@ class PSPHead(nn.Module):
 
     def forward(self, feat: Tensor) -> Tensor:
         return self.classifier(self.ppm(feat))
+
+
+def base_class_labels(classes: Tensor, base_class_ids: Tensor) -> Tensor:
+    """The base learner's labels: class maps [...] (0 background, ``c + 1`` for class c, 255 ignore) ->
+    the channel of each base class (``1 + i`` for ``base_class_ids[i]``), 0 for every other class, 255 kept.
+
+    ``base_class_ids`` [C]: global class ids (0-based) of channels 1..C; -1 entries (unknown) match nothing.
+    """
+    table = torch.zeros(256, dtype=torch.long, device=classes.device)
+    table[IGNORE_INDEX] = IGNORE_INDEX
+    known = base_class_ids >= 0
+    channels = torch.arange(1, len(base_class_ids) + 1, device=classes.device)
+    table[base_class_ids[known] + 1] = channels[known]
+    return table[classes.long().clamp(0, 255)]
 
 
 def _reduce(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -273,6 +294,8 @@ class BAM(FewShotSegmenter):
         shots: K the model trains for (K > 1: the learned shot reweighting).
         kshot_trans_dim: hidden width of the shot reweighting (2).
         aux_weight: weight of the meta learner's auxiliary loss (``aux_weight1``, 1.0).
+        base_weight: weight of the base learner's loss in the total (``aux_weight2``, 1.0); it has no
+            gradient, so it only shifts the logged ``train/loss`` (0: the total leaves it out).
 
     Example:
         >>> model = BAM("dilated_resnet50", masking="fm", base_learner="runs/base/fold0/best.ckpt")
@@ -296,12 +319,14 @@ class BAM(FewShotSegmenter):
         shots: int = 1,
         kshot_trans_dim: int = 2,
         aux_weight: float = 1.0,
+        base_weight: float = 1.0,
     ) -> None:
         super().__init__(backbone=backbone, masking=masking, weights=weights)
         info = self.backbone.feature_info
         self._last = [max(i for i, f in enumerate(info) if f.level == level) for level in self.levels]
         channels = [info[i].channels for i in self._last]  # layer2, layer3, layer4
         self.aux_weight = aux_weight
+        self.base_weight = base_weight
         recorded = _read_base_learner(base_learner) if base_learner else None
         if base_classes is None and recorded is not None:
             base_classes = recorded[1]
@@ -360,9 +385,12 @@ class BAM(FewShotSegmenter):
             )
 
     def train(self, mode: bool = True) -> BAM:
-        """The base learner stays in eval mode (it is frozen, BatchNorm statistics included)."""
+        """The frozen base learner's BatchNorm stays in eval mode; its dropout follows ``mode``, as in the
+        reference (whose ``fix_bn`` puts only BatchNorm layers in eval mode)."""
         super().train(mode)
-        self.base_learner.eval()
+        for module in self.base_learner.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
         return self
 
     # -- features ----------------------------------------------------------------------------------
@@ -476,9 +504,11 @@ class BAM(FewShotSegmenter):
     def training_loss(
         self, batch: dict[str, Any], criterion: Callable[[Tensor, Tensor], Tensor]
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """``criterion(final) + aux_weight * criterion(meta)`` with the episode's class left out of the base map.
+        """``criterion(final) + aux_weight * criterion(meta) + base_weight * CE(base, base labels)``, the
+        episode's class left out of the base map (module docstring).
 
-        Returns the loss, the final logits [B, 2, H, W] and the terms (``main``, ``aux_meta``).
+        Returns the loss, the final logits [B, 2, H, W] and the terms (``main``, ``aux_meta`` and, when
+        the batch has the query's class map ``query_classes``, ``base``).
         """
         out = self.forward_outputs(
             batch["query_img"], batch["support_imgs"], batch["support_masks"], batch["class_id"]
@@ -486,7 +516,19 @@ class BAM(FewShotSegmenter):
         size, target = batch["query_img"].shape[-2:], batch["query_mask"]
         final = _upsample(out["final"], size)
         main, aux = criterion(final, target), criterion(_upsample(out["meta"], size), target)
-        return main + self.aux_weight * aux, final, {"main": main, "aux_meta": aux}
+        terms = {"main": main, "aux_meta": aux}
+        loss = main + self.aux_weight * aux
+        if "query_classes" in batch:  # the reference's aux_loss2: plain CE over 1 + C classes, no gradient
+            labels = base_class_labels(batch["query_classes"], self.base_class_ids)
+            terms["base"] = F.cross_entropy(_upsample(out["base"], size), labels, ignore_index=IGNORE_INDEX)
+            loss = loss + self.base_weight * terms["base"]
+        elif self.base_weight:
+            warnings.warn(
+                "BAM: the batch has no query class map, so the base learner's loss (the reference's "
+                "aux_loss2, train/loss_base) is left out of train/loss; set data.class_maps: true to log it",
+                stacklevel=2,
+            )
+        return loss, final, terms
 
     # -- reference checkpoints -----------------------------------------------------------------------
     def load_reference_state_dict(self, state_dict: dict[str, Tensor] | str | Path) -> None:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from fss.backbones import FeatureBackbone
 from fss.masking import SupportMasking
 from fss.metrics import IGNORE_INDEX
-from fss.models.bam import PSPHead
+from fss.models.bam import PSPHead, base_class_labels
 from fss.models.base import FewShotSegmenter
 
 
@@ -87,13 +87,7 @@ class PSPNet(FewShotSegmenter):
     def base_labels(self, classes: Tensor) -> Tensor:
         """Class maps [B, H, W] (0 background, c + 1, 255) -> channel labels: base class -> its channel,
         any other class -> 0, ignore stays 255."""
-        table = torch.zeros(256, dtype=torch.long, device=classes.device)
-        table[IGNORE_INDEX] = IGNORE_INDEX
-        known = self.base_class_ids >= 0
-        table[self.base_class_ids[known] + 1] = torch.arange(
-            1, len(self.base_class_ids) + 1, device=classes.device
-        )[known]
-        return table[classes.long().clamp(0, 255)]
+        return base_class_labels(classes, self.base_class_ids)
 
     def training_loss(
         self, batch: dict[str, Any], criterion: Callable[[Tensor, Tensor], Tensor]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from fss.backbones import VGG16BN, DilatedResNet, FeatureBackbone, ResNet
 from fss.models import BAM
-from fss.models.bam import gram_matrix, prior_mask, reference_bam_key
+from fss.models.bam import base_class_labels, gram_matrix, prior_mask, reference_bam_key
 from tests.models.conftest import relative_error
 
 #: per backbone: input size ((size - 1) divisible by the stride: the reference's output size is the
@@ -338,10 +338,55 @@ def test_trains_end_to_end():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
-    assert not net.base_learner.training and not net.backbone.training
+    assert not net.backbone.training
+    # the base learner's BatchNorm is frozen, its dropout active in training (the reference's fix_bn)
+    assert {m.training for m in net.base_learner.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {False}
+    assert net.base_learner.classifier[3].training
     for key, value in net.state_dict().items():
         if key in frozen:
             assert torch.equal(value, frozen[key]), key
+
+
+def test_base_learner_loss_is_the_references_aux_loss2():
+    """``train/loss_base``: CE of the upsampled base logits against the base labels (base class c at
+    channel 1 + its rank, other classes background, 255 ignored), added to the total with weight 1."""
+    classes = torch.tensor([[0, 6, 20], [1, 255, 16]])  # class maps: background, class 5, 19, 0, ignore, 15
+    base_ids = torch.tensor(PASCAL_FOLD0_BASE)  # classes 5..19 at channels 1..15
+    assert base_class_labels(classes, base_ids).tolist() == [[0, 1, 15], [0, 255, 11]]
+    assert base_class_labels(classes, torch.tensor([-1, 19])).tolist() == [[0, 0, 2], [0, 255, 0]]
+
+    net = small_bam().eval()  # eval: no dropout, so the base logits are those of forward_outputs
+    query, supports, masks = episode(1, batch=2, seed=4, size=33)
+    query_classes = torch.zeros(2, 33, 33, dtype=torch.long)
+    query_classes[0, 5:20, 5:20] = 6  # class 5: channel 1
+    query_classes[1, 10:, :] = 20  # class 19: channel 15
+    query_classes[1, :3] = 255
+    query_classes[0, 25:] = 3  # class 2, a novel class of fold 0: background for the base learner
+    batch = {
+        "query_img": query, "support_imgs": supports, "support_masks": masks,
+        "query_mask": (query_classes == 6).long(), "class_id": torch.tensor([5, 19]), "query_classes": query_classes,
+    }  # fmt: skip
+    with torch.no_grad():
+        loss, _, terms = net.training_loss(batch, F.cross_entropy)
+        base = net.forward_outputs(query, supports, masks, batch["class_id"])["base"]
+    logp = F.interpolate(base, (33, 33), mode="bilinear", align_corners=True).log_softmax(dim=1)
+    labels = torch.zeros(2, 33, 33, dtype=torch.long)
+    labels[0, 5:20, 5:20], labels[1, 10:, :] = 1, 15
+    valid = torch.ones(2, 33, 33, dtype=torch.bool)
+    valid[1, :3] = False
+    expected = -logp.gather(1, labels.unsqueeze(1))[:, 0][valid].mean()
+    torch.testing.assert_close(terms["base"], expected)
+    torch.testing.assert_close(loss, terms["main"] + terms["aux_meta"] + terms["base"])
+    net.base_weight = 0.0
+    with torch.no_grad():
+        loss_without, _, _ = net.training_loss(batch, F.cross_entropy)
+    torch.testing.assert_close(loss_without, terms["main"] + terms["aux_meta"])
+    # no class map: no base term, and a warning naming the option
+    del batch["query_classes"]
+    net.base_weight = 1.0
+    with pytest.warns(UserWarning, match="data.class_maps"), torch.no_grad():
+        _, _, terms = net.training_loss(batch, F.cross_entropy)
+    assert set(terms) == {"main", "aux_meta"}
 
 
 def test_runs_on_another_backbone():
