@@ -4,8 +4,10 @@ that suppresses the base classes the base learner sees, weighted by a Gram-matri
 different the query and support scenes are.
 
 Same parameter shapes and forward computation as the public code (chunbolang/BAM, ``model/BAM.py``);
-a test compares logits with it. On the dilated ResNet (:class:`~fss.backbones.DilatedResNet`), for
-an episode with query q and K supports (image, mask m):
+a test compares logits with it, on both of its backbones. On the dilated ResNet
+(:class:`~fss.backbones.DilatedResNet`) or VGG-16-BN (:class:`~fss.backbones.VGG16BN`, where
+``layer2`` is first resized bilinearly to ``layer3``'s stride-16 grid, as the reference does; the
+Gram matrices then compare that resized map), for an episode with query q and K supports (image, mask m):
 
 1. features: ``layer2``, ``layer3`` of the query and the supports, ``layer4`` of the query;
    ``layer4`` of each support is computed from its **masked** ``layer3`` map (masking place 1);
@@ -275,9 +277,10 @@ class BAM(FewShotSegmenter):
     """BAM: a PFENet-style meta learner, a frozen PSPNet base learner and their ensemble (module docstring).
 
     Args:
-        backbone: a :class:`~fss.backbones.DilatedResNet` (the reference's); any ``FeatureBackbone``
-            with 3 levels also runs (its maps are resized to the middle level's grid, and the
-            support's deepest map is masked, not recomputed from a masked ``layer3``).
+        backbone: a :class:`~fss.backbones.DilatedResNet` or :class:`~fss.backbones.VGG16BN` (the
+            reference's); any other ``FeatureBackbone`` with 3 levels also runs (its maps are resized
+            to the middle level's grid, and the support's deepest map is masked, not recomputed from
+            a masked ``layer3``).
         masking: a strategy or a name of ``fss.masking.MASKINGS`` (``fm`` = the reference).
         weights: weights of a backbone given by name.
         base_learner: a checkpoint of the base learner: one written by ``fss fit`` with a
@@ -439,7 +442,7 @@ class BAM(FewShotSegmenter):
     def forward_outputs(
         self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor, class_id: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """``final``, ``meta`` [B, 2, h, w] and ``base`` [B, 1+C, h, w] logits at the feature grid (stride 8).
+        """``final``, ``meta`` [B, 2, h, w] and ``base`` [B, 1+C, h, w] logits at ``layer3``'s grid (stride 8; VGG: 16).
 
         Args:
             query_img: [B, 3, H, W]; support_imgs: [B, K, 3, H, W]; support_masks: [B, K, H, W].

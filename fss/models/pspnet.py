@@ -1,8 +1,8 @@
 """PSPNet, BAM's base learner (stage 1 of BAM's two-stage training): a semantic segmenter of the base
 classes of a fold, trained by ``fss fit`` on the same episodic data modules (``data.class_maps: true``).
 
-Same modules as the reference's ``model/PSPNet.py`` (chunbolang/BAM): the dilated deep-stem ResNet,
-fine-tuned (``DilatedResNet(trainable=True)``), PSPNet's pyramid pooling and classifier
+Same modules as the reference's ``model/PSPNet.py`` (chunbolang/BAM): the dilated deep-stem ResNet
+or VGG-16-BN, fine-tuned (``DilatedResNet(trainable=True)``, ``VGG16BN(trainable=True)``), PSPNet's pyramid pooling and classifier
 (:class:`~fss.models.bam.PSPHead`: 1 + C_base output channels). Training: cross-entropy (ignore 255)
 of the logits, upsampled to the image, against the query's class map with each base class ``c`` at
 channel ``1 + rank of c among the base classes`` and every other class (the fold's novel classes)
@@ -39,8 +39,9 @@ class PSPNet(FewShotSegmenter):
     """BAM's base learner: PSPNet over the base classes of a fold (module docstring).
 
     Args:
-        backbone: a :class:`~fss.backbones.DilatedResNet` (``trainable: true`` fine-tunes it, as the
-            reference does) or another backbone (its deepest map is used).
+        backbone: a :class:`~fss.backbones.DilatedResNet` or :class:`~fss.backbones.VGG16BN`
+            (``trainable: true`` fine-tunes it, as the reference does) or another backbone (its
+            deepest map is used: ``layer4``, 2048 or 512 channels).
         masking: unused (the base learner sees no supports); kept for the common signature.
         weights: weights of a backbone given by name.
         num_base_classes: C, the number of base classes (PASCAL 15, COCO 60, synthetic 36); checked
