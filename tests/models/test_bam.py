@@ -10,13 +10,17 @@ exactly these weights, on these inputs: ``final``/``meta`` at the output size (t
 ``python -m tests.models.test_bam /path/to/clone/of/chunbolang/BAM [resnet50|vgg]`` (this file's
 ``__main__``: it imports the reference model with a stub for its ``util.util`` import, writes the
 ``initmodel`` files its constructor reads into a temporary folder, loads our weights under its names
-and runs it on CPU); the VGG file on 2026-12-03 from chunbolang/BAM at its latest commit. With
+and runs it on CPU); the VGG file on 2026-12-03 from chunbolang/BAM at its latest commit. The same
+run writes ``bam_loss_reference.pt``: the reference's three training losses (``main_loss``,
+``aux_loss1``, ``aux_loss2``, in training mode with dropout off, its CUDA-only ``torch.arange`` sent
+to the CPU) on ``training_batch``, per backbone and K. With
 ``FSS_BAM_REF`` set to such a clone, ``test_parity_with_the_reference_code`` runs the reference live
 instead of reading the golden.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import sys
@@ -40,6 +44,8 @@ PARITY = {
     "vgg": (97, 16, Path(__file__).parent / "data" / "bam_vgg_reference.pt"),
 }
 SIZE = PARITY["resnet50"][0]
+#: the reference's three training losses on ``training_batch``, per backbone and K (written by ``__main__``)
+LOSS_GOLDEN = Path(__file__).parent / "data" / "bam_loss_reference.pt"
 PASCAL_FOLD0_BASE = list(range(5, 20))
 
 
@@ -109,10 +115,56 @@ def our_outputs(shots: int, backbone: str = "resnet50") -> dict[str, torch.Tenso
 
 
 # -- the reference, run on our weights -------------------------------------------------------------
+def training_batch(shots: int, size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A seeded training batch (``episode`` with class maps: episode classes 5 and 12, another base class
+    9, a novel class 2, a 255 band) and, written out by hand, the base labels the reference reads
+    (``y_b``: base class c of fold 0 at ``1 + (c - 5)``, other classes 0, 255 kept)."""
+    query, supports, masks = episode(shots, size=size)
+    gen = torch.Generator().manual_seed(2)
+    classes = torch.zeros(2, size, size, dtype=torch.long)
+    for b, (own, other) in enumerate(((5, 9), (12, 2))):
+        y, x = torch.randint(0, size // 2, (2,), generator=gen).tolist()
+        classes[b, size - size // 4 :, :] = other + 1
+        classes[b, y : y + size // 3, x : x + size // 3] = own + 1
+        classes[b, :2] = 255
+    class_id = torch.tensor([5, 12])
+    query_mask = (classes == (class_id + 1).view(2, 1, 1)).long()
+    query_mask[classes == 255] = 255
+    base_labels = torch.zeros_like(classes)
+    base_labels[classes == 6], base_labels[classes == 13], base_labels[classes == 10] = 1, 8, 5
+    base_labels[classes == 255] = 255
+    batch = {
+        "query_img": query, "support_imgs": supports, "support_masks": masks, "query_mask": query_mask,
+        "class_id": class_id, "query_classes": classes,
+    }  # fmt: skip
+    return batch, base_labels
+
+
+def _no_dropout(module: torch.nn.Module) -> None:
+    """Training mode with dropout (and BatchNorm, the reference's fix_bn) in eval mode: deterministic."""
+    module.train()
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Dropout2d, torch.nn.BatchNorm2d)):
+            m.eval()
+
+
+def our_losses(shots: int, backbone: str = "resnet50") -> dict[str, torch.Tensor]:
+    """Our training loss terms on ``training_batch``, dropout off (as ``reference_outputs``'s ``loss_*``)."""
+    net = copy.deepcopy(seeded_bam(backbone))
+    net.set_train_classes(PASCAL_FOLD0_BASE)
+    _no_dropout(net)
+    batch, _ = training_batch(shots, PARITY[backbone][0])
+    with torch.no_grad():
+        _, _, terms = net.training_loss(batch, lambda logits, t: F.cross_entropy(logits, t, ignore_index=255))
+    return terms
+
+
 def reference_outputs(
     clone: Path, shots: int, workdir: Path, backbone: str = "resnet50"
 ) -> dict[str, torch.Tensor]:
-    """Run the reference ``OneModel`` (model/BAM.py of ``clone``) with ``seeded_bam``'s weights on ``episode``."""
+    """Run the reference ``OneModel`` (model/BAM.py of ``clone``) with ``seeded_bam``'s weights on ``episode``
+    (eval mode: ``final``, ``meta``, ``base``) and on ``training_batch`` (training mode, dropout off: its
+    three losses ``loss_main``, ``loss_aux_meta``, ``loss_base``)."""
     ours = seeded_bam(backbone)
     size, stride, _ = PARITY[backbone]
     vgg = backbone == "vgg"
@@ -151,19 +203,45 @@ def reference_outputs(
         query, supports, masks = episode(shots, size=size)
         with torch.no_grad():
             final, meta, base = ref(x=query, s_x=supports, s_y=masks, y_m=None, y_b=None)
+        batch, base_labels = training_batch(shots, size)
+        _no_dropout(ref)
+        ranks = [PASCAL_FOLD0_BASE.index(c) for c in batch["class_id"].tolist()]  # its subcls
+        arange = torch.arange
+        torch.arange = lambda *args, device=None, **kwargs: arange(*args, **kwargs)  # its device="cuda"
+        try:
+            with torch.no_grad():
+                _, main, aux1, aux2 = ref(
+                    x=batch["query_img"], s_x=batch["support_imgs"], s_y=batch["support_masks"],
+                    y_m=batch["query_mask"], y_b=base_labels, cat_idx=[torch.tensor(ranks)],
+                )  # fmt: skip
+        finally:
+            torch.arange = arange
     finally:
         os.chdir(cwd)
         sys.path.remove(str(clone))
         for key in [k for k in sys.modules if k == "model" or k.startswith(("model.", "util"))]:
             del sys.modules[key]
         sys.modules.update(saved_modules)
-    return {"final": final, "meta": meta, "base": base[..., ::stride, ::stride].contiguous().clone()}
+    base = base[..., ::stride, ::stride].contiguous().clone()
+    return {
+        "final": final,
+        "meta": meta,
+        "base": base,
+        "loss_main": main,
+        "loss_aux_meta": aux1,
+        "loss_base": aux2,
+    }
 
 
 def _assert_parity(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
     for key in ("final", "meta", "base"):
         assert ours[key].shape == ref[key].shape, key
         assert relative_error(ours[key], ref[key]) <= 1e-4, key
+
+
+def _assert_loss_parity(ours: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
+    for key in ("main", "aux_meta", "base"):
+        assert relative_error(ours[key], ref[f"loss_{key}"]) <= 1e-4, key
 
 
 @pytest.mark.parametrize("backbone", list(PARITY))
@@ -175,13 +253,24 @@ def test_parity_with_the_reference_golden(shots, backbone):
 
 @pytest.mark.parametrize("backbone", list(PARITY))
 @pytest.mark.parametrize("shots", [1, 2])
+def test_training_losses_match_the_reference_golden(shots, backbone):
+    """The three loss terms (main, the meta learner's aux, the base learner's) against the reference's
+    ``main_loss``, ``aux_loss1``, ``aux_loss2`` in training mode, dropout off (``LOSS_GOLDEN``)."""
+    golden = torch.load(LOSS_GOLDEN, map_location="cpu", weights_only=True)[backbone][f"{shots}shot"]
+    _assert_loss_parity(our_losses(shots, backbone), golden)
+
+
+@pytest.mark.parametrize("backbone", list(PARITY))
+@pytest.mark.parametrize("shots", [1, 2])
 def test_parity_with_the_reference_code(shots, backbone, tmp_path):
     clone = os.environ.get("FSS_BAM_REF")
     if not clone:
         pytest.skip("set FSS_BAM_REF to a clone of github.com/chunbolang/BAM to run the reference live")
     if not (Path(clone) / "model" / "BAM.py").is_file():
         pytest.skip(f"FSS_BAM_REF={clone} has no model/BAM.py")
-    _assert_parity(our_outputs(shots, backbone), reference_outputs(Path(clone), shots, tmp_path, backbone))
+    ref = reference_outputs(Path(clone), shots, tmp_path, backbone)
+    _assert_parity(our_outputs(shots, backbone), ref)
+    _assert_loss_parity(our_losses(shots, backbone), ref)
 
 
 #: our stem names -> the reference's ``layer0`` Sequential
@@ -403,10 +492,14 @@ if __name__ == "__main__":  # regenerate a golden: python -m tests.models.test_b
 
     name = sys.argv[2] if len(sys.argv) > 2 else "resnet50"
     golden = PARITY[name][2]
-    outputs = {}
+    outputs, losses = {}, {}
     for k in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
-            outputs[f"{k}shot"] = reference_outputs(Path(sys.argv[1]), k, Path(tmp), name)
+            out = reference_outputs(Path(sys.argv[1]), k, Path(tmp), name)
+        outputs[f"{k}shot"] = {key: out[key] for key in ("final", "meta", "base")}
+        losses[f"{k}shot"] = {key: out[key] for key in out if key.startswith("loss_")}
     golden.parent.mkdir(exist_ok=True)
     torch.save(outputs, golden)
-    print(f"wrote {golden}")
+    all_losses = torch.load(LOSS_GOLDEN, weights_only=True) if LOSS_GOLDEN.is_file() else {}
+    torch.save(all_losses | {name: losses}, LOSS_GOLDEN)
+    print(f"wrote {golden} and the {name} entry of {LOSS_GOLDEN}")
