@@ -324,6 +324,37 @@ def test_reference_checkpoint_names_load():
         other.load_reference_state_dict(sd)
 
 
+def test_reference_vgg_checkpoints_load(tmp_path):
+    """With VGG the reference's backbone keys are ours (``layer<k>.<j>``): its BAM checkpoints and its
+    PSPNet ``best.pth`` (``layer*``, ``encoder.*``, ``ppm.features.*``, ``cls.*``) load key for key."""
+    net = BAM(VGG16BN(weights=None, width=8), reduce_dim=8, num_base_classes=3)
+    randomize_(net, 5)
+    sd = net.state_dict()
+    reference = {"module." + reference_name(k): v.clone() for k, v in sd.items()}
+    assert "module.layer3.7.running_var" in reference and "module.layer0.1.weight" in reference
+    other = BAM(VGG16BN(weights=None, width=8), reduce_dim=8, num_base_classes=3)
+    other.load_reference_state_dict({"state_dict": reference})
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in sd.items())
+    psp = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
+    psp |= {f"encoder.{k[5]}{k[6:]}": v for k, v in psp.items()}  # the reference's encoder: the same layers
+    psp |= {
+        "ppm.features." + k.removeprefix("base_learner.ppm.stages."): v for k, v in sd.items() if ".ppm." in k
+    }
+    psp |= {
+        "cls." + k.removeprefix("base_learner.classifier."): v for k, v in sd.items() if ".classifier." in k
+    }
+    torch.save({"state_dict": psp}, tmp_path / "best.pth")
+    loaded = BAM(
+        VGG16BN(weights=None, width=8),
+        base_learner=str(tmp_path / "best.pth"),
+        reduce_dim=8,
+        num_base_classes=3,
+    )
+    for key, value in sd.items():
+        if not key.startswith("learner."):
+            assert torch.equal(loaded.state_dict()[key], value), key
+
+
 # -- pieces by hand ---------------------------------------------------------------------------------
 def test_gram_matrix_and_prior_by_hand():
     feat = torch.tensor([[[[1.0, 0.0]], [[1.0, 1.0]]]])  # C=2 channels over 2 positions: (1,0), (1,1)
