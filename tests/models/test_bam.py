@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from fss.backbones import VGG16BN, DilatedResNet, FeatureBackbone, ResNet
+from fss.masking import MASKINGS
 from fss.models import BAM
 from fss.models.bam import base_class_labels, gram_matrix, prior_mask, reference_bam_key
 from tests.models.conftest import relative_error
@@ -507,6 +508,33 @@ def test_base_learner_loss_is_the_references_aux_loss2():
     with pytest.warns(UserWarning, match="data.class_maps"), torch.no_grad():
         _, _, terms = net.training_loss(batch, F.cross_entropy)
     assert set(terms) == {"main", "aux_meta"}
+
+
+@pytest.mark.parametrize("masking", sorted(MASKINGS))
+def test_every_masking_on_vgg(masking):
+    """VGG: layer2 (stride 8) is resized to layer3's grid (16) before the prototype and the Gram matrices;
+    every strategy runs through the masked-layer3 path, 2 shots, and the loss has its three terms."""
+    torch.manual_seed(0)
+    net = BAM(
+        VGG16BN(weights=None, width=4),
+        masking=masking,
+        reduce_dim=8,
+        shots=2,
+        base_classes=PASCAL_FOLD0_BASE,
+    )
+    batch, _ = training_batch(2, 49)
+    with torch.no_grad():
+        out = net.eval().forward_outputs(batch["query_img"], batch["support_imgs"], batch["support_masks"])
+        assert [tuple(out[k].shape) for k in ("final", "meta", "base")] == [
+            (2, 2, 4, 4),
+            (2, 2, 4, 4),
+            (2, 16, 4, 4),
+        ]
+        _, logits, terms = net.train().training_loss(
+            batch, lambda x, t: F.cross_entropy(x, t, ignore_index=255)
+        )
+    assert logits.shape == (2, 2, 49, 49) and set(terms) == {"main", "aux_meta", "base"}
+    assert all(torch.isfinite(v) for v in terms.values())
 
 
 def test_runs_on_another_backbone():
