@@ -294,6 +294,11 @@ class PrototypeContrast(nn.Module):
 class NTRENet(PrototypeFeatures, FewShotSegmenter):
     """NTRENet: background mining, distracting-object mining and the prototypical contrast (module docstring).
 
+    ``masking`` acts where the reference multiplies support features by the mask: (1) the input of the
+    support's ``layer4`` (its ``layer3``), (2) the reduced support map the prototype averages, (3) the
+    support's ``layer4`` in the prior; the unmasked reduced support map (background mining, contrast)
+    stays unmasked.
+
     Args:
         backbone: a :class:`~fss.backbones.DilatedResNet` (the reference's, frozen, ImageNet weights);
             any ``FeatureBackbone`` with 3 levels also runs (its maps resized to the middle level's grid,
