@@ -52,6 +52,7 @@ NET_ARGS = {
             "--model.optimizer", "adamw", "--model.lr", "5e-4", "--model.decoder_lr", "1e-4"],
     # BAM without a base-learner checkpoint: random base learner over the data's 36 training classes
     "bam": ["--model.net", "BAM", "--model.net.reduce_dim", "16", "--model.net.num_base_classes", "36"],
+    "ntrenet": ["--model.net", "NTRENet", "--model.net.reduce_dim", "16", "--model.net.ppm_scales", "[4, 2]"],
 }  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from fss.models.asnet import ASNet
 from fss.models.bam import BAM
 from fss.models.base import FewShotSegmenter
 from fss.models.hsnet import HSNet
+from fss.models.ntrenet import NTRENet
 from fss.models.pspnet import PSPNet
 from fss.models.sgone import SGOne
 from fss.models.vat import VAT
@@ -21,6 +22,7 @@ MODELS: dict[str, type[FewShotSegmenter]] = {
     "vat": VAT,
     "sgone": SGOne,
     "bam": BAM,
+    "ntrenet": NTRENet,
 }
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "ASNet",
     "FewShotSegmenter",
     "HSNet",
+    "NTRENet",
     "PSPNet",
     "SGOne",
     "VAT",

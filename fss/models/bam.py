@@ -273,7 +273,67 @@ class BAMLearner(nn.Module):
         return torch.cat([background, meta_fg], dim=1)
 
 
-class BAM(FewShotSegmenter):
+class PrototypeFeatures:
+    """The frozen features of the prototype family (BAM, NTRENet): a mixin of :class:`FewShotSegmenter`
+    subclasses that read 3 levels (``layer2``, ``layer3``, ``layer4`` on the dilated ResNet).
+
+    The support's ``layer4`` is computed from its masked ``layer3`` (the models' first masking place).
+    ``_last`` (set by ``_select_maps``) holds the index of each level's last map in the backbone's output.
+    """
+
+    backbone: FeatureBackbone
+    masking: SupportMasking
+    levels: tuple[int, ...]
+
+    def _select_maps(self) -> list[int]:
+        """Record the last map of each selected level; return their channels (``layer2``, ``layer3``, ``layer4``)."""
+        info = self.backbone.feature_info
+        self._last = [max(i for i, f in enumerate(info) if f.level == level) for level in self.levels]
+        return [info[i].channels for i in self._last]
+
+    def _levels_of(self, feats: list[Tensor]) -> list[Tensor]:
+        """The last map of each selected level, resized to the middle level's grid when sizes differ."""
+        maps = [feats[i] for i in self._last]
+        size = maps[1].shape[-2:]
+        return [
+            m if m.shape[-2:] == size else F.interpolate(m, size, mode="bilinear", align_corners=True)
+            for m in maps
+        ]
+
+    def _backbone_features(
+        self, query_img: Tensor, s_img: Tensor, s_mask: Tensor
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None, Tensor, Tensor | None]:
+        """Frozen features: query [f2, f3, f4], plain supports [f2, f3], input-masked supports [f2, f3]
+        (None unless the strategy needs them), and the supports' ``layer4``: from the masked
+        ``layer3`` (place 1) and from the masked image's ``layer3`` (None unless needed)."""
+        masking = self.masking
+        needs_masked = masking.needs_masked_input
+        parts = [query_img, s_img] + ([input_mask(s_img, s_mask)] if needs_masked else [])
+        sizes = [p.shape[0] for p in parts]
+        with torch.no_grad():
+            if isinstance(self.backbone, STAGED_BACKBONES):
+                f1 = self.backbone.stem(torch.cat(parts))
+                f1, f2, f3 = self.backbone.run_stages(f1, 1, 3)
+                if f2.shape[-2:] != f3.shape[-2:]:  # VGG: layer2 (stride 8) to layer3's grid (16)
+                    f2 = F.interpolate(f2, f3.shape[-2:], mode="bilinear", align_corners=True)
+                split2, split3 = f2.split(sizes), f3.split(sizes)
+                plain3, masked3 = split3[1], split3[2] if needs_masked else None
+                layer4_in = [split3[0], *masking([plain3], [masked3] if needs_masked else None, s_mask)]
+                if needs_masked:
+                    layer4_in.append(masked3)
+                f4 = self.backbone.run_stages(torch.cat(layer4_in), 4)[0].split(sizes)
+                support4, masked4 = f4[1], f4[2] if needs_masked else None
+            else:  # any other backbone: every level from the images, the deepest masked at place 3 only
+                f2, f3, f4 = self._levels_of(self.backbone(torch.cat(parts)))
+                split2, split3, f4 = f2.split(sizes), f3.split(sizes), f4.split(sizes)
+                support4, masked4 = f4[1], f4[2] if needs_masked else None
+        query = [split2[0], split3[0], f4[0]]
+        plain = [split2[1], split3[1]]
+        masked = [split2[2], split3[2]] if needs_masked else None
+        return query, plain, masked, support4, masked4
+
+
+class BAM(PrototypeFeatures, FewShotSegmenter):
     """BAM: a PFENet-style meta learner, a frozen PSPNet base learner and their ensemble (module docstring).
 
     Args:
@@ -325,9 +385,7 @@ class BAM(FewShotSegmenter):
         base_weight: float = 1.0,
     ) -> None:
         super().__init__(backbone=backbone, masking=masking, weights=weights)
-        info = self.backbone.feature_info
-        self._last = [max(i for i, f in enumerate(info) if f.level == level) for level in self.levels]
-        channels = [info[i].channels for i in self._last]  # layer2, layer3, layer4
+        channels = self._select_maps()  # layer2, layer3, layer4
         self.aux_weight = aux_weight
         self.base_weight = base_weight
         recorded = _read_base_learner(base_learner) if base_learner else None
@@ -395,48 +453,6 @@ class BAM(FewShotSegmenter):
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
         return self
-
-    # -- features ----------------------------------------------------------------------------------
-    def _levels_of(self, feats: list[Tensor]) -> list[Tensor]:
-        """The last map of each selected level, resized to the middle level's grid when sizes differ."""
-        maps = [feats[i] for i in self._last]
-        size = maps[1].shape[-2:]
-        return [
-            m if m.shape[-2:] == size else F.interpolate(m, size, mode="bilinear", align_corners=True)
-            for m in maps
-        ]
-
-    def _backbone_features(
-        self, query_img: Tensor, s_img: Tensor, s_mask: Tensor
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None, Tensor, Tensor | None]:
-        """Frozen features: query [f2, f3, f4], plain supports [f2, f3], input-masked supports [f2, f3]
-        (None unless the strategy needs them), and the supports' ``layer4``: from the masked
-        ``layer3`` (place 1) and from the masked image's ``layer3`` (None unless needed)."""
-        masking = self.masking
-        needs_masked = masking.needs_masked_input
-        parts = [query_img, s_img] + ([input_mask(s_img, s_mask)] if needs_masked else [])
-        sizes = [p.shape[0] for p in parts]
-        with torch.no_grad():
-            if isinstance(self.backbone, STAGED_BACKBONES):
-                f1 = self.backbone.stem(torch.cat(parts))
-                f1, f2, f3 = self.backbone.run_stages(f1, 1, 3)
-                if f2.shape[-2:] != f3.shape[-2:]:  # VGG: layer2 (stride 8) to layer3's grid (16)
-                    f2 = F.interpolate(f2, f3.shape[-2:], mode="bilinear", align_corners=True)
-                split2, split3 = f2.split(sizes), f3.split(sizes)
-                plain3, masked3 = split3[1], split3[2] if needs_masked else None
-                layer4_in = [split3[0], *masking([plain3], [masked3] if needs_masked else None, s_mask)]
-                if needs_masked:
-                    layer4_in.append(masked3)
-                f4 = self.backbone.run_stages(torch.cat(layer4_in), 4)[0].split(sizes)
-                support4, masked4 = f4[1], f4[2] if needs_masked else None
-            else:  # any other backbone: every level from the images, the deepest masked at place 3 only
-                f2, f3, f4 = self._levels_of(self.backbone(torch.cat(parts)))
-                split2, split3, f4 = f2.split(sizes), f3.split(sizes), f4.split(sizes)
-                support4, masked4 = f4[1], f4[2] if needs_masked else None
-        query = [split2[0], split3[0], f4[0]]
-        plain = [split2[1], split3[1]]
-        masked = [split2[2], split3[2]] if needs_masked else None
-        return query, plain, masked, support4, masked4
 
     # -- forward -------------------------------------------------------------------------------------
     def forward_outputs(

@@ -27,7 +27,11 @@ BACKBONES: dict[str, Callable[[], FeatureBackbone]] = {
     "vit": lambda: TimmBackbone("vit_small_patch14_dinov2", weights=None, model_kwargs=TINY_VIT),
 }
 #: model options that keep a CPU step cheap
-CHEAP = {"vat": {"feature_size": 8}, "bam": {"reduce_dim": 16}}
+CHEAP = {
+    "vat": {"feature_size": 8},
+    "bam": {"reduce_dim": 16, "base_classes": list(range(15))},
+    "ntrenet": {"reduce_dim": 16, "ppm_scales": [4, 2]},
+}
 
 
 def build(name: str, masking: str, family: str) -> FewShotSegmenter:
@@ -48,16 +52,19 @@ def episode(shots: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torc
 @pytest.mark.parametrize("masking", sorted(MASKINGS))
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_training_step_and_kshot_inference(name: str, masking: str, family: str) -> None:
-    """One training step on a 1-shot episode, then 2-shot inference (VAT's cost keeps it at one pair)."""
+    """One training step (the model's own training loss) on a 1-shot episode, then 2-shot inference
+    (VAT's cost keeps it at one pair)."""
     net = build(name, masking, family).train()
     backbone_state = {k: v.clone() for k, v in net.backbone.state_dict().items()}
     query, supports, masks = episode(shots=1)
 
-    logits = net(query, supports, masks)
-    assert logits.shape == (1, 2, SIZE, SIZE) and torch.isfinite(logits).all()
     target = torch.zeros(1, SIZE, SIZE, dtype=torch.long)
     target[:, SIZE // 3 :, SIZE // 3 :] = 1
-    torch.nn.functional.cross_entropy(logits, target).backward()
+    batch = {"query_img": query, "support_imgs": supports, "support_masks": masks, "query_mask": target,
+             "class_id": torch.tensor([0])}  # fmt: skip
+    loss, logits, _ = net.training_loss(batch, torch.nn.functional.cross_entropy)
+    assert logits.shape == (1, 2, SIZE, SIZE) and torch.isfinite(logits).all()
+    loss.backward()
     trainable = [(n, p) for n, p in net.learner.named_parameters() if p.requires_grad]
     assert trainable
     for param_name, param in trainable:
@@ -103,8 +110,10 @@ def test_fscs_episode_through_the_ifsl_head(name: str) -> None:
     """
     from fss.models.ifsl import episode_way_logits, predict_episode, segmentation_loss
 
-    if name == "bam":
-        pytest.skip("BAM overrides forward_shots (its base learner reads the query image): no FS-CS head yet")
+    if name in ("bam", "ntrenet"):
+        pytest.skip(
+            f"{name} overrides forward_shots (computed from the images, not the masked features): no FS-CS head yet"
+        )
     net = build(name, "hm", "resnet").train()
     shots = 1 if name == "vat" else 2  # VAT's cost: one shot per way
     query, supports, masks = episode(shots=2 * shots)

@@ -14,6 +14,7 @@ from fss.models.correlation import cosine_correlation
 OPTIONS = {
     "vat": {"backbone": "resnet50", "benchmark": "coco", "feature_size": 8},
     "bam": {"backbone": "resnet18", "reduce_dim": 16},
+    "ntrenet": {"backbone": "resnet18", "reduce_dim": 16, "ppm_scales": [4, 2]},
 }
 
 
