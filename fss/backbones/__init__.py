@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fss.backbones.base import BackboneWeightsError, FeatureBackbone, FeatureInfo
+from fss.backbones.base import BackboneWeightsError, FeatureBackbone, FeatureInfo, StagedBackbone
 from fss.backbones.dilated_resnet import DilatedResNet
 from fss.backbones.resnet import ResNet
 from fss.backbones.timm_backbone import TimmBackbone
@@ -37,6 +37,7 @@ __all__ = [
     "FeatureBackbone",
     "FeatureInfo",
     "ResNet",
+    "StagedBackbone",
     "TimmBackbone",
     "VGG16BN",
     "backbone_spec",

@@ -17,9 +17,11 @@ Every backbone is frozen: no parameter requires gradients and it stays in eval m
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from fss.describe import RecordsInitArgs
@@ -27,6 +29,49 @@ from fss.describe import RecordsInitArgs
 
 class BackboneWeightsError(RuntimeError):
     """Weights were asked for but could not be loaded (no network, bad file)."""
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """The tensors of a weights file: a plain state_dict or a checkpoint holding one under ``state_dict``."""
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    return sd
+
+
+def load_renamed_state_dict(
+    module: nn.Module,
+    sd: dict[str, Tensor],
+    rename: Callable[[str], str],
+    ignore_prefix: str,
+    what: str,
+    source: str,
+) -> None:
+    """Load ``sd`` into ``module`` after ``rename`` of each key (``module.`` prefixes dropped first).
+
+    Keys starting with ``ignore_prefix`` after renaming (a classifier) are left out; floating tensors
+    become float32; BatchNorm counters missing from files older than PyTorch 0.4.1 keep the module's.
+    Any missing, unexpected or misshaped key is one :class:`BackboneWeightsError` naming ``source``,
+    ``what`` (the backbone) and the option.
+    """
+    ours = {}
+    for key, value in sd.items():
+        key = rename(key.removeprefix("module."))
+        if not key.startswith(ignore_prefix):
+            ours[key] = value.float() if value.is_floating_point() else value
+    own = module.state_dict()
+    for key in own:
+        if key.endswith("num_batches_tracked"):
+            ours.setdefault(key, own[key])
+    missing = [k for k in own if k not in ours]
+    unexpected = [k for k in ours if k not in own]
+    wrong = [k for k in ours if k in own and ours[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        raise BackboneWeightsError(
+            f"{source} does not fit a {what} (option model.backbone.weights): missing keys "
+            f"{missing[:4]}, unexpected keys {unexpected[:4]}, keys of another shape {wrong[:4]}"
+        )
+    module.load_state_dict(ours)
 
 
 @dataclass(frozen=True)
@@ -132,3 +177,60 @@ class FeatureBackbone(RecordsInitArgs, nn.Module, ABC):
     @abstractmethod
     def forward(self, img: Tensor) -> list[Tensor]:
         """ImageNet-normalised images [N, 3, H, W] -> one map [N, C_i, h_i, w_i] per ``feature_info`` entry."""
+
+
+class StagedBackbone(FeatureBackbone):
+    """A backbone in the five stages of the PSPNet-style references (``layer0`` = :meth:`stem`, then
+    ``layer1..layer4``), which the prototype family (BAM, NTRENet) runs stage by stage: the support's
+    ``layer4`` is computed from its masked ``layer3`` with :meth:`run_stages`.
+
+    Subclasses build ``layer1..layer4``, implement :meth:`stem`, :meth:`load_weights` and
+    :meth:`reference_key`, and end their ``__init__`` with :meth:`_finish`. ``trainable=True`` (BAM's
+    stage 1 fine-tunes the encoder) leaves the parameters trainable and ``.train()`` working.
+    """
+
+    trainable: bool = False
+
+    def _finish(self, weights: str | None, trainable: bool) -> None:
+        """Load ``weights`` (:meth:`load_weights`), then freeze unless ``trainable``."""
+        self.trainable = trainable
+        self.load_weights(weights)
+        if not trainable:
+            self._freeze()
+
+    def train(self, mode: bool = True) -> StagedBackbone:
+        """Eval mode unless ``trainable`` (then as ``nn.Module.train``)."""
+        return nn.Module.train(self, mode and self.trainable)
+
+    @abstractmethod
+    def load_weights(self, weights: str | None) -> None:
+        """Load the named or given weights file; None (or ``"none"``) keeps random weights."""
+
+    @staticmethod
+    @abstractmethod
+    def reference_key(key: str) -> str:
+        """A backbone key (``layer0..4``) of a reference checkpoint -> ours."""
+
+    @abstractmethod
+    def stem(self, img: Tensor) -> Tensor:
+        """Images [N, 3, H, W] -> the input of ``layer1`` (the references' ``layer0`` output)."""
+
+    def run_stages(self, feat: Tensor, start: int, stop: int = 4) -> list[Tensor]:
+        """The outputs of stages ``start``..``stop`` from ``feat``, the input of stage ``start``.
+
+        ``run_stages(masked_layer3, 4)`` is the support's ``layer4`` of BAM and NTRENet: its input is
+        the output of stage 3 (there, masked). ``start = 1`` takes the stem's output.
+        """
+        outs = []
+        for stage in range(start, stop + 1):
+            feat = getattr(self, f"layer{stage}")(feat)
+            outs.append(feat)
+        return outs
+
+    def forward(self, img: Tensor) -> list[Tensor]:
+        """Images [N, 3, H, W] -> the output [N, C_l, h_l, w_l] of each selected stage.
+
+        Only the stages up to the deepest selected level run.
+        """
+        outs = self.run_stages(self.stem(img), 1, max(self.levels))
+        return [outs[level - 1] for level in self.levels]

@@ -30,7 +30,13 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
-from fss.backbones.base import BackboneWeightsError, FeatureBackbone, FeatureInfo
+from fss.backbones.base import (
+    BackboneWeightsError,
+    FeatureInfo,
+    StagedBackbone,
+    load_renamed_state_dict,
+    read_state_dict,
+)
 
 #: bottleneck blocks per stage of each supported depth
 DEPTHS: dict[str, tuple[int, int, int, int]] = {
@@ -51,7 +57,7 @@ def reference_backbone_key(key: str) -> str:
     return key
 
 
-class DilatedResNet(FeatureBackbone):
+class DilatedResNet(StagedBackbone):
     """A frozen deep-stem ResNet-50/101 with output stride 8 (PSPNet's), one post-ReLU map per stage.
 
     Args:
@@ -109,14 +115,7 @@ class DilatedResNet(FeatureBackbone):
                 for stage in (1, 2, 3, 4)
             ]
         )
-        self.trainable = trainable
-        self.load_weights(weights)
-        if not trainable:
-            self._freeze()
-
-    def train(self, mode: bool = True) -> DilatedResNet:
-        """Eval mode unless ``trainable`` (then as ``nn.Module.train``)."""
-        return nn.Module.train(self, mode and self.trainable)
+        self._finish(weights, trainable)
 
     @staticmethod
     def _stage(
@@ -149,54 +148,14 @@ class DilatedResNet(FeatureBackbone):
                 f"initmodel/ folder): put it at initmodel/{file} under the working directory, or pass it "
                 "with --model.backbone.weights PATH, or use --model.backbone.weights null for random weights."
             )
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-            sd = sd["state_dict"]
-        self.load_reference_state_dict(sd, source=str(path))
+        self.load_reference_state_dict(read_state_dict(path), source=str(path))
 
     def load_reference_state_dict(self, sd: dict[str, Tensor], source: str = "the state_dict") -> None:
         """Load backbone keys in our names or the references' (``module.``, ``layer0.<i>``; ``fc.*`` ignored)."""
-        ours = {}
-        for key, value in sd.items():
-            key = reference_backbone_key(key.removeprefix("module."))
-            if not key.startswith("fc."):
-                ours[key] = value.float() if value.is_floating_point() else value
-        own = self.state_dict()
-        for key in own:  # files saved before PyTorch 0.4.1 have no BatchNorm counters (unused here)
-            if key.endswith("num_batches_tracked"):
-                ours.setdefault(key, own[key])
-        missing = [k for k in own if k not in ours]
-        unexpected = [k for k in ours if k not in own]
-        wrong = [k for k in ours if k in own and ours[k].shape != own[k].shape]
-        if missing or unexpected or wrong:
-            raise BackboneWeightsError(
-                f"{source} does not fit a {self.name} (option model.backbone.weights): missing keys "
-                f"{missing[:4]}, unexpected keys {unexpected[:4]}, keys of another shape {wrong[:4]}"
-            )
-        self.load_state_dict(ours)
+        load_renamed_state_dict(self, sd, reference_backbone_key, "fc.", self.name, source)
 
     def stem(self, img: Tensor) -> Tensor:
         """Images [N, 3, H, W] -> the stem's output [N, 2*width, H/4, W/4] (the references' ``layer0``)."""
         x = torch.relu(self.bn1(self.conv1(img)))
         x = torch.relu(self.bn2(self.conv2(x)))
         return self.maxpool(torch.relu(self.bn3(self.conv3(x))))
-
-    def run_stages(self, feat: Tensor, start: int, stop: int = 4) -> list[Tensor]:
-        """The outputs of stages ``start``..``stop`` from ``feat``, the input of stage ``start``.
-
-        ``run_stages(masked_layer3, 4)`` is BAM's support ``layer4``: its input is the output of
-        stage 3 (here, masked). ``start = 1`` takes the stem's output.
-        """
-        outs = []
-        for stage in range(start, stop + 1):
-            feat = getattr(self, f"layer{stage}")(feat)
-            outs.append(feat)
-        return outs
-
-    def forward(self, img: Tensor) -> list[Tensor]:
-        """Images [N, 3, H, W] -> the output [N, C_l, h_l, w_l] of each selected stage (after its ReLU).
-
-        Only the stages up to the deepest selected level run.
-        """
-        outs = self.run_stages(self.stem(img), 1, max(self.levels))
-        return [outs[level - 1] for level in self.levels]

@@ -32,10 +32,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-from fss.backbones.base import BackboneWeightsError, FeatureBackbone, FeatureInfo
+from fss.backbones.base import (
+    BackboneWeightsError,
+    FeatureInfo,
+    StagedBackbone,
+    load_renamed_state_dict,
+    read_state_dict,
+)
 
 #: the ImageNet file in the PSPNet/PFENet/BAM ``initmodel`` folder
 WEIGHT_FILE = "vgg16_bn.pth"
@@ -66,7 +71,7 @@ def imagenet_key(key: str) -> str:
     return f"layer{stage}.{index - STAGE_STARTS[stage]}.{match.group(2)}"
 
 
-class VGG16BN(FeatureBackbone):
+class VGG16BN(StagedBackbone):
     """A frozen VGG-16-BN in PSPNet's five stages (module docstring), one map per stage 1..4.
 
     Args:
@@ -114,14 +119,7 @@ class VGG16BN(FeatureBackbone):
                 for stage in (1, 2, 3, 4)
             ]
         )
-        self.trainable = trainable
-        self.load_weights(weights)
-        if not trainable:
-            self._freeze()
-
-    def train(self, mode: bool = True) -> VGG16BN:
-        """Eval mode unless ``trainable`` (then as ``nn.Module.train``)."""
-        return nn.Module.train(self, mode and self.trainable)
+        self._finish(weights, trainable)
 
     @staticmethod
     def reference_key(key: str) -> str:
@@ -140,49 +138,12 @@ class VGG16BN(FeatureBackbone):
                 f"folder): put it at initmodel/{WEIGHT_FILE} under the working directory, or pass it with "
                 "--model.backbone.weights PATH, or use --model.backbone.weights null for random weights."
             )
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-            sd = sd["state_dict"]
-        self.load_reference_state_dict(sd, source=str(path))
+        self.load_reference_state_dict(read_state_dict(path), source=str(path))
 
     def load_reference_state_dict(self, sd: dict[str, Tensor], source: str = "the state_dict") -> None:
         """Load keys in our names or torchvision's (``module.``, ``features.<i>``; ``classifier.*`` ignored)."""
-        ours = {}
-        for key, value in sd.items():
-            key = imagenet_key(key.removeprefix("module."))
-            if not key.startswith("classifier."):
-                ours[key] = value.float() if value.is_floating_point() else value
-        own = self.state_dict()
-        for key in own:  # files saved before PyTorch 0.4.1 have no BatchNorm counters (unused here)
-            if key.endswith("num_batches_tracked"):
-                ours.setdefault(key, own[key])
-        missing = [k for k in own if k not in ours]
-        unexpected = [k for k in ours if k not in own]
-        wrong = [k for k in ours if k in own and ours[k].shape != own[k].shape]
-        if missing or unexpected or wrong:
-            raise BackboneWeightsError(
-                f"{source} does not fit a {self.name} (option model.backbone.weights): missing keys "
-                f"{missing[:4]}, unexpected keys {unexpected[:4]}, keys of another shape {wrong[:4]}"
-            )
-        self.load_state_dict(ours)
+        load_renamed_state_dict(self, sd, imagenet_key, "classifier.", self.name, source)
 
     def stem(self, img: Tensor) -> Tensor:
         """Images [N, 3, H, W] -> ``layer0``'s output [N, width, ceil(H/2), ceil(W/2)]."""
         return self.layer0(img)
-
-    def run_stages(self, feat: Tensor, start: int, stop: int = 4) -> list[Tensor]:
-        """The outputs of stages ``start``..``stop`` from ``feat``, the input of stage ``start``
-        (``run_stages(masked_layer3, 4)``: BAM's support ``layer4``)."""
-        outs = []
-        for stage in range(start, stop + 1):
-            feat = getattr(self, f"layer{stage}")(feat)
-            outs.append(feat)
-        return outs
-
-    def forward(self, img: Tensor) -> list[Tensor]:
-        """Images [N, 3, H, W] -> the output [N, C_l, h_l, w_l] of each selected stage.
-
-        Only the stages up to the deepest selected level run.
-        """
-        outs = self.run_stages(self.stem(img), 1, max(self.levels))
-        return [outs[level - 1] for level in self.levels]

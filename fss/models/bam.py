@@ -56,9 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fss.backbones import FeatureBackbone
-from fss.backbones.dilated_resnet import DilatedResNet, reference_backbone_key
-from fss.backbones.vgg import VGG16BN
+from fss.backbones import FeatureBackbone, StagedBackbone
+from fss.backbones.dilated_resnet import reference_backbone_key
 from fss.masking import SupportMasking, input_mask, resize_mask
 from fss.metrics import IGNORE_INDEX
 from fss.models.base import FewShotSegmenter, _as_shots
@@ -68,7 +67,6 @@ AREA_EPS = 5e-4
 #: cosine similarity denominators get this added (the reference's)
 COSINE_EPS = 1e-7
 #: the references' backbones, cut in stages: the support's ``layer4`` is run from its masked ``layer3``
-STAGED_BACKBONES = (DilatedResNet, VGG16BN)
 
 
 def gram_matrix(feat: Tensor) -> Tensor:
@@ -300,6 +298,16 @@ class PrototypeFeatures:
             for m in maps
         ]
 
+    def _episode_features(
+        self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor
+    ) -> tuple[tuple[int, int], Tensor, tuple[Any, ...]]:
+        """``(batch, shots)``, the support masks [B*K, H, W] as float (shots flattened) and
+        :meth:`_backbone_features` of the episode (support images [B, K, 3, H, W] or [B, 3, H, W])."""
+        support_imgs, support_masks = _as_shots(support_imgs, support_masks)
+        batch, shots = support_masks.shape[:2]
+        s_mask = support_masks.flatten(0, 1).float()
+        return (batch, shots), s_mask, self._backbone_features(query_img, support_imgs.flatten(0, 1), s_mask)
+
     def _backbone_features(
         self, query_img: Tensor, s_img: Tensor, s_mask: Tensor
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None, Tensor, Tensor | None]:
@@ -311,7 +319,7 @@ class PrototypeFeatures:
         parts = [query_img, s_img] + ([input_mask(s_img, s_mask)] if needs_masked else [])
         sizes = [p.shape[0] for p in parts]
         with torch.no_grad():
-            if isinstance(self.backbone, STAGED_BACKBONES):
+            if isinstance(self.backbone, StagedBackbone):
                 f1 = self.backbone.stem(torch.cat(parts))
                 f1, f2, f3 = self.backbone.run_stages(f1, 1, 3)
                 if f2.shape[-2:] != f3.shape[-2:]:  # VGG: layer2 (stride 8) to layer3's grid (16)
@@ -415,7 +423,7 @@ class BAM(PrototypeFeatures, FewShotSegmenter):
         if not head:  # the reference PSPNet: layer0..4 (and encoder.*), ppm.*, cls.*
             backbone = {k: v for k, v in sd.items() if re.match(r"layer[0-4]\.", k)}
             head = {_reference_head_key(k): v for k, v in sd.items() if k.startswith(("ppm.", "cls."))}
-        if isinstance(self.backbone, STAGED_BACKBONES):
+        if isinstance(self.backbone, StagedBackbone):
             self.backbone.load_reference_state_dict(backbone, source=source)
         else:
             self.backbone.load_state_dict(backbone)
@@ -465,11 +473,8 @@ class BAM(PrototypeFeatures, FewShotSegmenter):
             class_id: [B] global class ids of the episodes (training): the ensemble leaves each
                 episode's own class out of the base learner's map; None: every base class counts.
         """
-        support_imgs, support_masks = _as_shots(support_imgs, support_masks)
-        batch, shots = support_masks.shape[:2]
-        s_mask = support_masks.flatten(0, 1).float()
-        query, plain, masked, support4, masked4 = self._backbone_features(
-            query_img, support_imgs.flatten(0, 1), s_mask
+        (batch, shots), s_mask, (query, plain, masked, support4, masked4) = self._episode_features(
+            query_img, support_imgs, support_masks
         )
         learner, masking = self.learner, self.masking
         # meta learner: reduced query; prototypes by masked average pooling (place 2)

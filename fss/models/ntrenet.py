@@ -367,11 +367,8 @@ class NTRENet(PrototypeFeatures, FewShotSegmenter):
             ``prior`` [B, 1, h, w]; with ``supports_too``: ``support_red``
             [B, K, D, h, w] and ``support_bg`` [B, K, 2, h, w].
         """
-        support_imgs, support_masks = _as_shots(support_imgs, support_masks)
-        batch, shots = support_masks.shape[:2]
-        s_mask = support_masks.flatten(0, 1).float()
-        query, plain, masked, support4, masked4 = self._backbone_features(
-            query_img, support_imgs.flatten(0, 1), s_mask
+        (batch, shots), s_mask, (query, plain, masked, support4, masked4) = self._episode_features(
+            query_img, support_imgs, support_masks
         )
         learner, masking = self.learner, self.masking
         query_red = learner.down_query(torch.cat([query[1], query[0]], dim=1))
