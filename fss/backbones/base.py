@@ -184,8 +184,8 @@ class StagedBackbone(FeatureBackbone):
     ``layer1..layer4``), which the prototype family (BAM, NTRENet) runs stage by stage: the support's
     ``layer4`` is computed from its masked ``layer3`` with :meth:`run_stages`.
 
-    Subclasses build ``layer1..layer4``, implement :meth:`stem`, :meth:`load_weights` and
-    :meth:`reference_key`, and end their ``__init__`` with :meth:`_finish`. ``trainable=True`` (BAM's
+    Subclasses build ``layer1..layer4``, implement :meth:`stem`, :attr:`weight_file`,
+    :meth:`load_reference_state_dict` and :meth:`reference_key`, and end their ``__init__`` with :meth:`_finish`. ``trainable=True`` (BAM's
     stage 1 fine-tunes the encoder) leaves the parameters trainable and ``.train()`` working.
     """
 
@@ -202,9 +202,35 @@ class StagedBackbone(FeatureBackbone):
         """Eval mode unless ``trainable`` (then as ``nn.Module.train``)."""
         return nn.Module.train(self, mode and self.trainable)
 
+    #: for the missing-file message: the backbone's name in words, and where its ImageNet file comes
+    #: from (``{file}``: :attr:`weight_file`)
+    weights_label: str = "backbone"
+    weights_origin: str = "the ImageNet weights {file}"
+
+    @property
     @abstractmethod
+    def weight_file(self) -> str:
+        """The ImageNet weights file ``weights: imagenet`` reads from ``initmodel/`` (the references' folder)."""
+
     def load_weights(self, weights: str | None) -> None:
-        """Load the named or given weights file; None (or ``"none"``) keeps random weights."""
+        """Load ``initmodel/<weight_file>`` (``imagenet``) or the file ``weights`` names (a checkpoint of
+        this backbone too); None (or ``"none"``) keeps random weights. A missing file is one
+        :class:`BackboneWeightsError` saying where to put it and which option to set."""
+        if weights is None or weights == "none":
+            return
+        file = self.weight_file
+        path = Path("initmodel", file) if weights == "imagenet" else Path(weights).expanduser()
+        if not path.is_file():
+            raise BackboneWeightsError(
+                f"{self.weights_label} weights file not found: {path.absolute()}. This backbone uses "
+                f"{self.weights_origin.format(file=file)}: put it at initmodel/{file} under the working directory, or pass it "
+                "with --model.backbone.weights PATH, or use --model.backbone.weights null for random weights."
+            )
+        self.load_reference_state_dict(read_state_dict(path), source=str(path))
+
+    @abstractmethod
+    def load_reference_state_dict(self, sd: dict[str, Tensor], source: str = "the state_dict") -> None:
+        """Load a state_dict in our names or the weights file's / references' names."""
 
     @staticmethod
     @abstractmethod

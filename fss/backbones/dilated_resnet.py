@@ -24,18 +24,15 @@ its *masked* ``layer3`` map.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
 from fss.backbones.base import (
-    BackboneWeightsError,
     FeatureInfo,
     StagedBackbone,
     load_renamed_state_dict,
-    read_state_dict,
 )
 
 #: bottleneck blocks per stage of each supported depth
@@ -135,20 +132,13 @@ class DilatedResNet(StagedBackbone):
         """A backbone key of a BAM/PFENet checkpoint -> ours (:func:`reference_backbone_key`)."""
         return reference_backbone_key(key)
 
-    def load_weights(self, weights: str | None) -> None:
-        """Load a PSPNet-style ImageNet file (or a checkpoint of this backbone); None keeps random weights."""
-        if weights is None or weights == "none":
-            return
-        file = WEIGHT_FILES[self.name.removeprefix("dilated_")]
-        path = Path("initmodel", file) if weights == "imagenet" else Path(weights).expanduser()
-        if not path.is_file():
-            raise BackboneWeightsError(
-                f"dilated ResNet weights file not found: {path.absolute()}. This backbone uses the "
-                f"PSPNet-style ImageNet weights {file} (distributed with PSPNet/PFENet/BAM in their "
-                f"initmodel/ folder): put it at initmodel/{file} under the working directory, or pass it "
-                "with --model.backbone.weights PATH, or use --model.backbone.weights null for random weights."
-            )
-        self.load_reference_state_dict(read_state_dict(path), source=str(path))
+    weights_label = "dilated ResNet"
+    weights_origin = "the PSPNet-style ImageNet weights {file} (distributed with PSPNet/PFENet/BAM in their initmodel/ folder)"
+
+    @property
+    def weight_file(self) -> str:
+        """The ImageNet weights file under initmodel/ (the references' name)."""
+        return WEIGHT_FILES[self.name.removeprefix("dilated_")]
 
     def load_reference_state_dict(self, sd: dict[str, Tensor], source: str = "the state_dict") -> None:
         """Load backbone keys in our names or the references' (``module.``, ``layer0.<i>``; ``fc.*`` ignored)."""

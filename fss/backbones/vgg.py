@@ -30,16 +30,13 @@ file (``initmodel/vgg16_bn.pth``, torchvision's ``vgg16_bn`` state_dict: ``featu
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from torch import Tensor, nn
 
 from fss.backbones.base import (
-    BackboneWeightsError,
     FeatureInfo,
     StagedBackbone,
     load_renamed_state_dict,
-    read_state_dict,
 )
 
 #: the ImageNet file in the PSPNet/PFENet/BAM ``initmodel`` folder
@@ -126,19 +123,13 @@ class VGG16BN(StagedBackbone):
         """A backbone key of a BAM/PSPNet checkpoint -> ours: the same (``layer<k>.<i>``)."""
         return key
 
-    def load_weights(self, weights: str | None) -> None:
-        """Load torchvision's ImageNet ``vgg16_bn`` file (or a checkpoint of this backbone); None: random."""
-        if weights is None or weights == "none":
-            return
-        path = Path("initmodel", WEIGHT_FILE) if weights == "imagenet" else Path(weights).expanduser()
-        if not path.is_file():
-            raise BackboneWeightsError(
-                f"VGG-16-BN weights file not found: {path.absolute()}. This backbone uses torchvision's "
-                f"ImageNet vgg16_bn weights as the references keep them ({WEIGHT_FILE} in their initmodel/ "
-                f"folder): put it at initmodel/{WEIGHT_FILE} under the working directory, or pass it with "
-                "--model.backbone.weights PATH, or use --model.backbone.weights null for random weights."
-            )
-        self.load_reference_state_dict(read_state_dict(path), source=str(path))
+    weights_label = "VGG-16-BN"
+    weights_origin = "torchvision's ImageNet vgg16_bn weights as the references keep them ({file} in their initmodel/ folder)"
+
+    @property
+    def weight_file(self) -> str:
+        """The ImageNet weights file under initmodel/ (the references' name)."""
+        return WEIGHT_FILE
 
     def load_reference_state_dict(self, sd: dict[str, Tensor], source: str = "the state_dict") -> None:
         """Load keys in our names or torchvision's (``module.``, ``features.<i>``; ``classifier.*`` ignored)."""
