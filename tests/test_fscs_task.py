@@ -17,6 +17,7 @@ from fss.metrics import ExactRatio, FSCSIoU
 from fss.models import MODELS, ASNet, HSNet
 from fss.models.ifsl import classification_loss, segmentation_loss
 from fss.task import FewShotSegmentationTask
+from tests.test_models_cli import TINY_RUN as TINY
 from tests.test_task import RESNET18, TinySegmenter, make_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,16 +165,6 @@ def test_load_reference_state_dict_reads_an_ifsl_lightning_checkpoint(cls, tmp_p
 
 
 # -- the command line and the shipped configs -----------------------------------------------------------
-TINY = [
-    "--data.init_args.img_size", "64",
-    "--data.init_args.batch_size", "2",
-    "--data.init_args.train_episodes", "2",
-    "--data.init_args.val_episodes", "2",
-    "--data.init_args.test_episodes", "2",
-    "--trainer.accelerator", "cpu",
-    "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false",
-]  # fmt: skip
 
 
 @pytest.mark.parametrize("support_label", ["mask", "tag"])

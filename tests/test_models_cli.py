@@ -32,8 +32,8 @@ MODEL_CONFIGS = [
 #: a random ResNet-18 in the config form
 RESNET18 = {"class_path": "fss.backbones.ResNet", "init_args": {"name": "resnet18", "weights": None}}
 
-#: the demo config shrunk: 64 px, 2 episodes per batch, one training and one validation batch
-TINY = [
+#: the demo config shrunk: 64 px, 2 episodes per batch, on the CPU, quiet
+TINY_RUN = [
     "--data.init_args.img_size", "64",
     "--data.init_args.batch_size", "2",
     "--data.init_args.train_episodes", "2",
@@ -42,8 +42,9 @@ TINY = [
     "--trainer.accelerator", "cpu",
     "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false",
-    "--trainer.fast_dev_run", "1",
 ]  # fmt: skip
+#: ... and one training and one validation batch
+TINY = [*TINY_RUN, "--trainer.fast_dev_run", "1"]
 
 #: per model: options that keep a CPU step cheap, and the optimizer they are trained with (default: the
 #: registered name, Adam); ASNet runs on 64 px supports: its learner pools its support dims to 2 x 2
