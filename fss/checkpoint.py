@@ -127,6 +127,11 @@ def differences(prefix: str, ckpt_value: Any, config_value: Any) -> list[tuple[s
     return out
 
 
+def _states(path: str, given: set[str]) -> bool:
+    """Whether the option at ``path`` (``model.`` left off) is one of the ``given`` paths, or in or above one."""
+    return any(path == p or path.startswith(p + ".") or p.startswith(path + ".") for p in given)
+
+
 def reconcile_hparams(
     ckpt_hparams: Mapping[str, Any],
     config_model: Namespace,
@@ -137,10 +142,15 @@ def reconcile_hparams(
 ) -> dict[str, Any]:
     """The checkpoint hyperparameters to apply to the config (see the module docstring for the rule).
 
+    Only what was written is compared: ``--model.net BAM`` states BAM's class, so the checkpoint's BAM
+    options fill in the rest (e.g. the number of base classes BAM read from its base learner), while
+    ``--model.net.shots 5`` with a 1-shot checkpoint is a conflict.
+
     Args:
         ckpt_hparams: ``checkpoint["hyper_parameters"]``.
         config_model: the resolved ``model`` section of the config.
-        explicit: top-level model keys the config files or the command line set.
+        explicit: the model options the config files or the command line set, as dotted paths
+            (``lr``, ``net.class_path``, ``net.init_args.shots``; a top-level key alone: all of it).
         run_settings: keys that do not describe the network (an explicit value wins).
         ckpt_path: for messages.
         normalize: ``normalize(key, value)`` puts both sides of ``key`` in one comparable form (the
@@ -148,34 +158,43 @@ def reconcile_hparams(
             values (names) are reported as given, others key by key in the normal form.
 
     Returns:
-        ``{key: value}`` from the checkpoint for the keys that are not set explicitly.
+        ``{key: value}`` from the checkpoint for every key except the run settings set explicitly:
+        a network option whose written leaves agree with the checkpoint takes the checkpoint's value.
 
     Raises:
-        CheckpointError: when explicitly set network keys differ from the checkpoint's, naming each
-            key with both values.
+        CheckpointError: when explicitly set network options differ from the checkpoint's, naming
+            each option with both values.
     """
     explicit, run_settings = set(explicit), set(run_settings)
     conflicts: list[tuple[str, Any, Any]] = []
+    apply: dict[str, Any] = {}
     for key, ckpt_value in ckpt_hparams.items():
-        if key.startswith("_") or key not in explicit or key not in config_model:
+        if key.startswith("_"):
+            continue
+        given = {p for p in explicit if p == key or p.startswith(key + ".")}
+        if not given:
+            apply[key] = ckpt_value
+            continue
+        if key not in config_model:
             continue
         config_value = config_model[key]
         if normalize is None:
             diffs = differences(f"model.{key}", ckpt_value, config_value)
         else:
             diffs = differences(f"model.{key}", normalize(key, ckpt_value), normalize(key, config_value))
-            if diffs and isinstance(ckpt_value, str) and isinstance(config_value, str):
-                diffs = [(f"model.{key}", ckpt_value, config_value)]
-        if not diffs:
-            continue
+        diffs = [d for d in diffs if _states(d[0].removeprefix("model."), given)]
+        if diffs and normalize is not None and isinstance(ckpt_value, str) and isinstance(config_value, str):
+            diffs = [(f"model.{key}", ckpt_value, config_value)]
         if key in run_settings:
             for name, a, b in diffs:
                 warnings.warn(
                     f"{name}: using {b!r} from the config/command line (the checkpoint has {a!r})",
                     stacklevel=2,
                 )
-        else:
+        elif diffs:
             conflicts += diffs
+        else:
+            apply[key] = ckpt_value
     if conflicts:
         lines = [f"  {name}: checkpoint {a!r}, config/command line {b!r}" for name, a, b in conflicts]
         raise CheckpointError(
@@ -183,9 +202,7 @@ def reconcile_hparams(
             + "\n".join(lines)
             + "\nDrop these options (the checkpoint's values are then used) or pick the matching checkpoint"
         )
-    return {
-        key: value for key, value in ckpt_hparams.items() if key not in explicit and not key.startswith("_")
-    }
+    return apply
 
 
 # ------------------------------------------------------------------------------------------ callback

@@ -76,7 +76,15 @@ from fss.checkpoint import (
     load_checkpoint,
     reconcile_hparams,
 )
-from fss.components import LEGACY_KEYS, PARTS, option_form_message, part_form, upgrade_model_options
+from fss.components import (
+    LEGACY_KEYS,
+    PARTS,
+    given_part_paths,
+    leaf_paths,
+    option_form_message,
+    part_form,
+    upgrade_model_options,
+)
 from fss.describe import class_path
 from fss.distributed import DEFAULT_TIMEOUT_S, DistributedFailure, apply_timeout, describe_timeout, shutdown
 from fss.errors import condense_parser_error, debug_enabled, error_chain, user_message
@@ -138,43 +146,64 @@ class FSSArgumentParser(LightningArgumentParser):
         self.exit(2)
 
 
-def explicit_model_keys(argv: list[str], subcommand: str) -> set[str]:
-    """The top-level ``model`` options that the config files or the command line in ``argv`` set.
+def explicit_model_options(argv: list[str], subcommand: str) -> set[str]:
+    """The ``model`` options that the config files or the command line in ``argv`` set, as dotted paths.
 
-    (A value equal to the default is still "set" when written; that is what lets a checkpoint fill
-    only the options a user left out.)
+    Each path is a leaf that was written: ``lr``, ``net.init_args.shots`` (also from
+    ``--model.net.shots``), ``masking.class_path``. A part given by name states its class and the
+    arguments the name fixes (:func:`fss.components.given_part_paths`): ``--model.net BAM`` states
+    ``net.class_path`` only, so a checkpoint fills the BAM options left out (e.g. the number of base
+    classes BAM read from its base learner). A value equal to the default is still "set" when written;
+    that is what lets a checkpoint fill only the options a user left out.
+
+    Example:
+        >>> sorted(explicit_model_options(["--model.net", "BAM", "--model.net.shots", "5", "--model.lr=0.1"], "test"))
+        ['lr', 'net.class_path', 'net.init_args.shots']
     """
-    keys: set[str] = set()
+    paths: set[str] = set()
+
+    def add(path: str, value: Any) -> None:
+        key, _, rest = path.partition(".")
+        if key not in PARTS:
+            paths.update(leaf_paths(path, value))
+        elif not rest:
+            paths.update(f"{key}.{p}" if p else key for p in given_part_paths(key, value))
+        else:
+            head = rest.split(".")[0]
+            rest = rest if head in ("class_path", "init_args") else f"init_args.{rest}"
+            paths.update(leaf_paths(f"{key}.{rest}", value))
 
     def from_mapping(mapping: Any) -> None:
         if not isinstance(mapping, dict):
             return
         if isinstance(mapping.get("model"), dict):
-            keys.update(mapping["model"])
+            for key, value in mapping["model"].items():
+                add(str(key), value)
         from_mapping(mapping.get(subcommand))
 
-    def load(value: str) -> Any:
-        path = Path(value)
+    def load(value: str, files: bool = True) -> Any:
+        """``value`` as YAML, or the YAML file it names (``files``)."""
         try:
-            return yaml.safe_load(path.read_text() if path.is_file() else value)
-        except (OSError, yaml.YAMLError):
-            return None
+            path = Path(value)
+            return yaml.safe_load(path.read_text() if files and path.is_file() else value)
+        except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):
+            return value
 
     i = 0
     while i < len(argv):
         name, eq, value = argv[i].partition("=")
-        if name in ("--config", "-c", "--model") and not eq:
+        takes_value = name in ("--config", "-c", "--model") or name.startswith("--model.")
+        if takes_value and not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
             i += 1
-            value = argv[i] if i < len(argv) else ""
+            value = argv[i]
         if name in ("--config", "-c"):
             from_mapping(load(value))
         elif name == "--model":
-            loaded = load(value)
-            keys.update(loaded if isinstance(loaded, dict) else ())
+            from_mapping({"model": load(value)})
         elif name.startswith("--model."):
-            keys.add(name[len("--model.") :].split(".")[0].removesuffix("+"))
+            add(name[len("--model.") :].removesuffix("+"), load(value, files=False))
         i += 1
-    return keys
+    return paths
 
 
 class FSSCLI(LightningCLI):
@@ -270,7 +299,7 @@ class FSSCLI(LightningCLI):
             hparams.pop(key, None)
         if not hparams:
             return
-        explicit = explicit_model_keys(self._argv or [], subcommand)
+        explicit = explicit_model_options(self._argv or [], subcommand)
 
         def normalize(key: str, value: Any) -> Any:
             if key not in PARTS:

@@ -166,6 +166,44 @@ def part_form(part: str, value: Any) -> dict[str, Any]:
     return {"class_path": class_path(cls) if inspect.isclass(cls) else str(cls), "init_args": args}
 
 
+def given_part_paths(part: str, value: Any) -> set[str]:
+    """What ``model.<part>`` given as ``value`` in a config or on the command line states, as dotted paths.
+
+    A name states its class and the arguments its registry entry fixes (``dilated_resnet50``: the
+    class and ``init_args.name``), not the defaults of the others; a ``{class_path, init_args}``
+    mapping states the keys it writes (an argument written beside ``class_path`` is an ``init_args``
+    key, as jsonargparse reads it).
+
+    Example:
+        >>> sorted(given_part_paths("net", {"class_path": "fss.models.BAM", "init_args": {"shots": 5}}))
+        ['class_path', 'init_args.shots']
+    """
+    if hasattr(value, "as_dict"):  # a jsonargparse Namespace
+        value = value.as_dict()
+    if isinstance(value, str):
+        entry = NAMED_PARTS[part][0].get(value)
+        kwargs = entry[1] if isinstance(entry, tuple) else {}
+        return {"class_path", *(f"init_args.{k}" for k in kwargs)}
+    if not isinstance(value, dict):
+        return {""}  # an object given in Python: all of it
+    paths: set[str] = set()
+    for key, sub in value.items():
+        if key == "class_path":
+            paths.add("class_path")
+        elif key == "init_args" and isinstance(sub, dict):
+            paths.update(leaf_paths("init_args", sub))
+        elif key != "__path__":
+            paths.update(leaf_paths(f"init_args.{key}", sub))
+    return paths
+
+
+def leaf_paths(prefix: str, value: Any) -> set[str]:
+    """The dotted paths of the leaves of a nested mapping under ``prefix`` (``prefix`` itself for a leaf)."""
+    if isinstance(value, dict) and value:
+        return {path for key, sub in value.items() for path in leaf_paths(f"{prefix}.{key}", sub)}
+    return {prefix}
+
+
 # -- the options before the typed form --------------------------------------------------------------
 #: model options of fss before the typed form, and what replaced them
 LEGACY_KEYS = {

@@ -119,6 +119,16 @@ def test_base_learner_then_bam(tmp_path: Path, backbone: list[str]) -> None:
         metrics["train/loss"],
         metrics["train/loss_main"] + metrics["train/loss_aux_meta"] + metrics["train/loss_base"],
     )
+    # `fss test` with stage 2's options: BAM read its 36 base classes from the base learner (not the
+    # default num_base_classes 15); `--model.net BAM` states the class only, the checkpoint fills the rest
+    stage2.trainer.save_checkpoint(tmp_path / "bam.ckpt")
+    tested = build_cli(
+        ["test", "--config", DEMO, *TINY, "--trainer.fast_dev_run", "false",
+         "--trainer.default_root_dir", str(tmp_path / "test"), "--model.net", "BAM", "--model.net.reduce_dim", "16",
+         *backbone, "--model.masking", "hm", "--ckpt_path", str(tmp_path / "bam.ckpt")]
+    )  # fmt: skip
+    assert len(tested.model.net.base_class_ids) == 36
+    assert "test/miou" in tested.trainer.callback_metrics
 
 
 def test_bam_refuses_a_base_learner_of_another_fold(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from jsonargparse import Namespace
 
 from fss.backbones import ResNet
 from fss.checkpoint import CheckpointError, differences, reconcile_hparams
-from fss.cli import explicit_model_keys, main
+from fss.cli import explicit_model_options, main
 from fss.task import FewShotSegmentationTask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,9 +126,12 @@ def test_a_name_and_its_class_form_are_the_same_network(hm_ckpt: Path, tmp_path:
     assert differences("m", {"a": 1, "b": [1, 2]}, Namespace(a=1, b=[1, 2])) == []
 
 
-def test_explicit_model_keys_reads_config_files_and_the_command_line(tmp_path: Path) -> None:
+def test_explicit_model_options_reads_config_files_and_the_command_line(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text("model:\n  net: hsnet\n  lr: 0.001\ndata: {}\n")
+    config.write_text(
+        "model:\n  net: hsnet\n  lr: 0.001\n  backbone:\n    class_path: fss.backbones.ResNet\n"
+        "    init_args: {name: resnet18}\ndata: {}\ntest:\n  model: {kshot_rule: vote}\n"
+    )
     argv = [
         "--config",
         str(config),
@@ -137,6 +140,62 @@ def test_explicit_model_keys_reads_config_files_and_the_command_line(tmp_path: P
         '--model.net_options={"a": 1}',
         "--data.fold",
         "1",
+        "--model.net.feature_size",
+        "8",
+        "--model.backbone.init_args.weights=null",
     ]
-    assert explicit_model_keys(argv, "test") == {"net", "lr", "masking", "net_options"}
-    assert explicit_model_keys(["--model", '{"backbone": "resnet50"}'], "fit") == {"backbone"}
+    assert explicit_model_options(argv, "test") == {
+        "net.class_path",  # a name states the class, not the defaults of its arguments
+        "net.init_args.feature_size",  # --model.net.X is --model.net.init_args.X
+        "lr",
+        "backbone.class_path",
+        "backbone.init_args.name",
+        "backbone.init_args.weights",
+        "masking.class_path",
+        "net_options.a",
+        "kshot_rule",  # the subcommand's own section
+    }
+    assert explicit_model_options(argv, "fit") - explicit_model_options(argv, "test") == set()
+    assert "kshot_rule" not in explicit_model_options(argv, "fit")
+    # a registered name fixes some arguments: those are stated too
+    assert explicit_model_options(["--model", '{"backbone": "dilated_resnet50"}'], "fit") >= {
+        "backbone.class_path"
+    }
+    # a path value is not read as a file; an option without a value does not swallow the next one
+    assert explicit_model_options(["--model.net.base_learner", str(config), "--model.lr=1"], "fit") == {
+        "net.init_args.base_learner",
+        "lr",
+    }
+
+
+def test_only_the_written_leaves_of_a_part_are_compared() -> None:
+    """``--model.net BAM`` against a BAM checkpoint whose derived num_base_classes is 36: no conflict,
+    the checkpoint's options are applied; ``--model.net.init_args.shots 5`` against a 1-shot one is."""
+    ckpt = {
+        "net": {"class_path": "fss.models.BAM", "init_args": {"num_base_classes": 36, "shots": 1}},
+        "lr": 1e-3,
+    }
+    config = Namespace(
+        net=Namespace(class_path="fss.models.BAM", init_args=Namespace(num_base_classes=15, shots=1)),
+        lr=5e-3,
+    )
+    with pytest.warns(UserWarning, match=r"model.lr: using 0.005 from the config/command line"):
+        applied = reconcile_hparams(
+            ckpt, config, explicit={"net.class_path", "lr"}, run_settings=RUN_SETTINGS, ckpt_path="x.ckpt"
+        )
+    assert applied == {"net": ckpt["net"]}  # lr is a run setting the command line set: it wins
+    config.net.init_args.shots = 5
+    with pytest.raises(
+        CheckpointError, match=r"model.net.init_args.shots: checkpoint 1, config/command line 5"
+    ):
+        reconcile_hparams(
+            ckpt, config, explicit={"net.class_path", "net.init_args.shots"}, run_settings=(), ckpt_path="x"
+        )
+    config.net.class_path = "fss.models.NTRENet"
+    with pytest.raises(CheckpointError) as err:
+        reconcile_hparams(ckpt, config, explicit={"net.class_path"}, run_settings=(), ckpt_path="x")
+    assert (
+        "model.net.class_path: checkpoint 'fss.models.BAM', config/command line 'fss.models.NTRENet'"
+        in str(err.value)
+    )
+    assert "num_base_classes" not in str(err.value)  # not written: not compared

@@ -55,14 +55,12 @@ STAGE1 = {
     "model.scheduler": "poly",
     "model.fg_weight": 1.0,
 }
-#: stage 2 (the study's runs): BAM on the base learner, fm and hm swept
-#: (num_base_classes: BAM reads the classes from the base learner, but its checkpoint records them and
-#: ``fss test`` compares the network options it is given with the checkpoint's: state the number)
+#: stage 2 (the study's runs): BAM on the base learner, fm and hm swept (the number of base classes
+#: comes from the base learner; each run's `fss test --ckpt_path` takes it from the checkpoint)
 STAGE2 = {
     **TINY,
     "model.net": "BAM",
     "model.net.reduce_dim": 16,
-    "model.net.num_base_classes": 36,
     **BACKBONE,
     "model.optimizer": "sgd",
 }
