@@ -438,23 +438,29 @@ class NTRENet(PrototypeFeatures, FewShotSegmenter):
     def load_reference_state_dict(self, state_dict: dict[str, Tensor] | str | Path) -> None:
         """Load a checkpoint of the reference NTRENet (``train_epoch_*.pth`` / ``final.pth`` with ``state_dict``).
 
-        Its names map to ours: ``layer0..4`` -> ``backbone.*`` (``layer0.<i>`` -> the stem's names),
-        ``inital_beta_conv`` / ``inital_inner_cls`` -> ``learner.initial_beta_conv`` /
-        ``learner.initial_inner_cls``, the rest under ``learner.`` as they are. Checkpoints in our
-        names load as they are.
+        Its names map to ours: ``layer0..4`` -> ``backbone.*`` (the dilated ResNet's ``layer0.<i>`` ->
+        the stem's names; VGG-16-BN's are ours), ``inital_beta_conv`` / ``inital_inner_cls`` ->
+        ``learner.initial_beta_conv`` / ``learner.initial_inner_cls``, the rest under ``learner.`` as
+        they are. Checkpoints in our names load as they are.
         """
         if isinstance(state_dict, (str, Path)):
             state_dict = torch.load(state_dict, map_location="cpu", weights_only=True)
         if isinstance(state_dict.get("state_dict"), dict):
             state_dict = state_dict["state_dict"]
-        ours = {reference_ntrenet_key(k.removeprefix("module.")): v for k, v in state_dict.items()}
+        backbone_key = getattr(self.backbone, "reference_key", reference_backbone_key)
+        ours = {
+            reference_ntrenet_key(k.removeprefix("module."), backbone_key): v for k, v in state_dict.items()
+        }
         super().load_reference_state_dict(ours)
 
 
-def reference_ntrenet_key(key: str) -> str:
-    """A key of the reference NTRENet's state_dict -> ours (keys already in our names pass unchanged)."""
+def reference_ntrenet_key(key: str, backbone_key: Callable[[str], str] = reference_backbone_key) -> str:
+    """A key of the reference NTRENet's state_dict -> ours (keys already in our names pass unchanged).
+
+    ``backbone_key`` maps the backbone's ``layer0..4`` keys (see :func:`fss.models.bam.reference_bam_key`).
+    """
     if re.match(r"layer[0-4]\.", key):
-        return "backbone." + reference_backbone_key(key)
+        return "backbone." + backbone_key(key)
     if key.startswith(("backbone.", "learner.")):
         return key
     return "learner." + re.sub(r"^inital_", "initial_", key)

@@ -258,6 +258,19 @@ def test_reference_checkpoint_names_load():
         other.load_reference_state_dict(sd)
 
 
+def test_reference_vgg_checkpoint_names_load():
+    """On VGG-16-BN the reference's backbone keys are ours (``layer<k>.<j>``, no stem renaming): an
+    NTRENet checkpoint of the public code's VGG variant (none is published) would load key for key."""
+    net = NTRENet(VGG16BN(weights=None, width=8), reduce_dim=16, ppm_scales=[4, 2])
+    randomize_(net, 4)
+    sd = {"module." + reference_name(k): v.clone() for k, v in net.state_dict().items()}
+    assert "module.layer0.1.running_var" in sd and "module.layer4.7.weight" in sd
+    other = NTRENet(VGG16BN(weights=None, width=8), reduce_dim=16, ppm_scales=[4, 2])
+    other.load_reference_state_dict({"state_dict": sd})
+    for key, value in net.state_dict().items():
+        assert torch.equal(other.state_dict()[key], value), key
+
+
 def test_the_memory_bank_is_not_part_of_the_state_dict():
     net = small_ntrenet()
     net.contrast.bank[4] = torch.ones(3, 16)
