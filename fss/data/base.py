@@ -265,6 +265,12 @@ class EpisodicDataset(Dataset[Episode], ABC):
         """The base classes of GFSS episodes: the fold's training classes, ascending (BAM's base learner's)."""
         return sorted(self.split_class_ids("train", self.fold))
 
+    @property
+    def gfss_novel_ids(self) -> list[int]:
+        """The classes GFSS episodes draw their novel class from (this split's; file datasets keep those
+        with enough images)."""
+        return self.class_ids
+
     def configure_gfss(self, gfss: bool) -> None:
         """Switch to generalized few-shot episodes (:mod:`fss.data.gfss`; val/test splits only)."""
         if gfss and self.split == "train":

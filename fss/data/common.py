@@ -30,7 +30,7 @@ from PIL import Image
 from fss.data.base import EpisodicDataModule, EpisodicDataset
 from fss.data.episode import IGNORE_INDEX, Episode
 from fss.data.fscs import FSCSEpisode, make_image_fscs_episode
-from fss.data.gfss import check_gfss_pools, make_image_gfss_episode
+from fss.data.gfss import make_image_gfss_episode, usable_novel_classes
 from fss.data.protocols import EpisodeIdentity, EpisodeOrder, check_episode_order, reference_sequence
 from fss.data.transforms import (
     IMAGENET_MEAN,
@@ -667,9 +667,14 @@ class ImageEpisodeDataset(EpisodicDataset):
             pools = {c: [item for item in items if kept(item)] for c, items in pools.items()}
         if not queries:
             raise ValueError(f"{self.display_name}: GFSS (data.gfss) found no query image; check data.root")
-        check_gfss_pools(pools, self.class_ids, self.shot, f"{self.display_name} {self.split}")
+        owner = f"{self.display_name} {self.split}"
+        self._gfss_novel_ids = usable_novel_classes(pools, self.class_ids, self.shot, owner)
         self.gfss_queries: list[Any] = queries
         self.gfss_pools: dict[int, list[Any]] = pools
+
+    @property
+    def gfss_novel_ids(self) -> list[int]:
+        return getattr(self, "_gfss_novel_ids", self.class_ids)
 
     def make_gfss_episode(self, rng: np.random.Generator, index: int) -> Episode:
         return make_image_gfss_episode(self, rng, index)

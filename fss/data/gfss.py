@@ -30,6 +30,7 @@ cannot be reproduced, only their distribution.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -44,6 +45,8 @@ from fss.data.transforms import (
     query_mask_tensor,
     to_label_tensor,
 )
+
+log = logging.getLogger(__name__)
 
 #: the episode keys GFSS adds
 GFSS_KEYS: tuple[str, ...] = ("gfss_mask", "org_gfss_mask")
@@ -125,7 +128,7 @@ def make_image_gfss_episode(dataset: Any, rng: np.random.Generator, index: int) 
     query = queries[index % len(queries)]
     image = dataset.load_image(query)
     class_map = match_size(dataset.load_class_map(query), image)
-    novel_ids = dataset.class_ids
+    novel_ids = dataset.gfss_novel_ids
     base_ids = sorted(dataset.gfss_base_ids)
     novel = choose_novel_class(rng, image_classes_of(class_map), base_ids, novel_ids)
     pool = [item for item in pools[novel] if item != query]
@@ -159,11 +162,23 @@ def make_image_gfss_episode(dataset: Any, rng: np.random.Generator, index: int) 
     )
 
 
-def check_gfss_pools(pools: dict[int, list[Any]], novel_ids: Sequence[int], shot: int, owner: str) -> None:
-    """Raise a ``ValueError`` naming the classes whose support pool is too small for ``shot`` supports."""
-    short = {c: len(pools.get(c, ())) for c in novel_ids if len(pools.get(c, ())) < shot + 1}
-    if short:
+def usable_novel_classes(
+    pools: dict[int, list[Any]], novel_ids: Sequence[int], shot: int, owner: str
+) -> list[int]:
+    """The novel classes with at least ``shot + 1`` images in their pool (a warning names the others;
+    they are never an episode's novel class but still count, as 0, in mIoU_n); an error when none is left."""
+    keep = [c for c in novel_ids if len(pools.get(c, ())) >= shot + 1]
+    short = {c: len(pools.get(c, ())) for c in novel_ids if c not in keep}
+    if not keep:
         raise ValueError(
-            f"{owner}: GFSS (data.gfss) needs {shot + 1} images showing each novel class, but these have "
-            f"fewer (class: images): {short}; lower data.shot or check data.root"
+            f"{owner}: GFSS (data.gfss) needs {shot + 1} images showing a novel class, but every novel class "
+            f"has fewer (class: images): {short}; lower data.shot or check data.root"
         )
+    if short:
+        log.warning(
+            "%s: GFSS leaves out the novel classes with fewer than %d images (class: images): %s",
+            owner,
+            shot + 1,
+            short,
+        )
+    return keep

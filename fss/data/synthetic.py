@@ -402,7 +402,7 @@ class SyntheticFSS(EpisodicDataset):
             rng, size, index % self.num_classes, self.min_distractors, self.max_distractors
         )
         class_map = (query_map + 1).astype(np.uint8)  # background -1 -> 0, class c -> c + 1
-        novel = choose_novel_class(rng, image_classes_of(class_map), base_ids, self.class_ids)
+        novel = choose_novel_class(rng, image_classes_of(class_map), base_ids, self.gfss_novel_ids)
         for k in range(shot):
             imgs[1 + k], support_map = render_scene(
                 rng, size, novel, self.min_distractors, self.max_distractors
