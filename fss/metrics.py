@@ -647,7 +647,7 @@ def summarize_gfss(
     Returns:
         ``{"miou_n", "miou_b", "miou_t", "fbiou", "piou"}`` (percent, the mean over the episode sets),
         ``"per_class_iou": {class: IoU}`` (base classes, then novel ones; mean over the sets),
-        ``"merge"``-independent; with ``set_labels`` also ``"episode_sets"``, ``"<key>_per_set"`` and
+        ``"novel_classes"`` (their names); with ``set_labels`` also ``"episode_sets"``, ``"<key>_per_set"`` and
         ``"<key>_best"`` (the best set, which the reference's log also prints next to the mean).
     """
     sets = {k: v.tolist() for k, v in metric.compute_sets().items()}

@@ -26,6 +26,12 @@ sets (``data.test_seeds``), each set's values (``test/seed<s>/miou``, ``test/see
 their spread (``test/miou_std``, ``test/miou_ci95_low``, ``test/miou_ci95_high``, and for FB-IoU);
 ``test/miou`` is then the mean over the sets. See :func:`fss.metrics.summarize`.
 
+**GFSS test** (``data.gfss``; ``docs/models.md``): on generalized few-shot test episodes (they carry
+``gfss_mask``) a model with a base learner (BAM's ``forward_outputs``: ``final`` and ``base`` logits) is
+also scored by :class:`~fss.metrics.GFSSIoU` on :func:`~fss.metrics.merge_gfss` of its two outputs
+(``gfss_merge``, ``gfss_tau``): ``test/gfss/{miou_n,miou_b,miou_t,fbiou,piou}``; the FS-S metrics
+score the novel class's 0/1 mask of the same episodes.
+
 **FS-CS mode** (``fscs``, linked from ``data.fscs``; ``docs/fscs.md``): the network runs on N-way
 episodes through the iFSL head (``fss.models.ifsl``): per-way foreground maps, the background as the
 mean over ways, class presence from the foreground maps. Training minimises L_S (the (N+1)-class NLL)
