@@ -273,7 +273,7 @@ class FewShotSegmentationTask(pl.LightningModule):
             self.test_iou = FewShotIoU(self.hparams.num_classes, num_sets=num_sets)
         self.test_gfss = None
         if getattr(datamodule, "gfss", False):
-            if not hasattr(self.net, "forward_outputs"):
+            if not (hasattr(self.net, "forward_outputs") and hasattr(self.net, "base_learner")):
                 raise ValueError(
                     f"data.gfss: generalized few-shot tests need a model with a base learner (BAM); "
                     f"{type(self.net).__name__} has none"

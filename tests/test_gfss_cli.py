@@ -64,3 +64,11 @@ def test_fss_test_reports_bam_gfss_metrics(tmp_path: Path) -> None:
     values = {k: float(v) for k, v in metric.compute().items()}
     assert values == pytest.approx({k: gfss[k] for k in GFSS_KEYS}, abs=1e-4)
     assert values["miou_n"] > 0 and values["piou"] > 0  # not a vacuous comparison
+
+
+def test_gfss_needs_a_model_with_a_base_learner(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"data.gfss: .*base learner \(BAM\); HSNet has none"):
+        build_cli(
+            ["test", "--config", DEMO, *TINY_RUN, "--data.init_args.gfss", "true",
+             "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"]
+        )  # fmt: skip
