@@ -18,7 +18,7 @@ from pytorch_lightning.callbacks import Callback
 
 from fss.atomic import write_text
 from fss.distributed import run_dir
-from fss.metrics import spread_line, summarize
+from fss.metrics import gfss_line, spread_line, summarize
 
 
 class BestEpochTracker(Callback):
@@ -152,6 +152,13 @@ class TestResultsWriter(Callback):
          "miou_spread": {"mean": 45.1, "std": 0.3, "ci95_low": 44.7, "ci95_high": 45.5, "n": 5},
          "fbiou_spread": {...}, "per_class_iou_per_set": {"person": [38.0, ...], ...}}
 
+    With GFSS test episodes (``data.gfss``) it also holds ``"gfss"``: mIoU over novel, base and all
+    classes, FB-IoU and pIoU, the IoU per class, the merge rule and threshold
+    (:meth:`fss.task.FewShotSegmentationTask.gfss_summary`)::
+
+        {..., "gfss": {"merge": "final", "merge_tau": 0.9, "miou_n": 40.1, "miou_b": 65.2, "miou_t": 58.9,
+                       "fbiou": 70.3, "piou": 55.0, "per_class_iou": {...}, "novel_classes": [...]}}
+
     In FS-CS mode (``model.fscs``) it holds ``test_er``, ``test_miou`` and ``per_class_iou``
     (:meth:`fss.task.FewShotSegmentationTask.fscs_summary`).
 
@@ -176,6 +183,10 @@ class TestResultsWriter(Callback):
         else:
             summary = summarize(metric, labels, names)
             line = spread_line(summary)
+            gfss = pl_module.gfss_summary() if hasattr(pl_module, "gfss_summary") else None
+            if gfss is not None:  # GFSS test episodes (data.gfss)
+                summary["gfss"] = gfss
+                line = f"{gfss_line(gfss)}; FS-S on the novel class: {line}"
         out_dir = run_dir(trainer)  # likewise
         if not trainer.is_global_zero:
             return

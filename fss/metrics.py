@@ -439,3 +439,246 @@ class FSCSIoU(Metric):
         """The background's IoU in percent over all episodes (synchronised like compute)."""
         with self.sync_context():
             return (100 * self._iou()[0]).float()
+
+
+# ------------------------------------------------------------------------------------------------ GFSS
+#: how the GFSS prediction merges the base learner with the few-shot (final) prediction
+GFSSMerge = Literal["final", "base"]
+GFSS_MERGES: tuple[str, ...] = ("final", "base")
+
+
+def merge_gfss(
+    final_logits: Tensor, base_logits: Tensor, merge: GFSSMerge = "final", tau: float = 0.9
+) -> Tensor:
+    """BAM's generalized few-shot prediction: base classes from the base learner, the novel class from
+    the few-shot (ensemble) output (BAM's ``test_GFSS.py``; its paper's Eq. 18 and Eq. S1).
+
+    A pixel is *novel* when the final foreground probability (softmax over the two channels) exceeds
+    ``tau``; ``b`` is the base learner's argmax (0 background, 1..C the base classes).
+
+    * ``final`` (Eq. 18, the reference's default): novel pixels get C + 1, every other pixel ``b``;
+    * ``base`` (Eq. S1): ``b`` where ``b > 0``, else C + 1 on novel pixels and 0 elsewhere.
+
+    Args:
+        final_logits: [B, 2, H, W] the ensemble's logits (already at the evaluation size).
+        base_logits: [B, 1 + C, H, W] the base learner's logits (same size).
+        merge: ``final`` or ``base``.
+        tau: the novel-class threshold on the foreground probability (0.9 in BAM's configs).
+
+    Returns:
+        long [B, H, W] in 0..C+1 (C + 1: the episode's novel class).
+    """
+    if merge not in GFSS_MERGES:
+        raise ValueError(f"GFSS merge must be 'final' or 'base', got {merge!r}")
+    if final_logits.shape[1] != 2 or final_logits.dim() != 4:
+        raise ValueError(f"final_logits must be [B, 2, H, W], got {tuple(final_logits.shape)}")
+    if (
+        base_logits.dim() != 4
+        or base_logits.shape[0] != final_logits.shape[0]
+        or (base_logits.shape[-2:] != final_logits.shape[-2:])
+    ):
+        raise ValueError(
+            f"base_logits must be [B, 1 + C, H, W] at the size of final_logits {tuple(final_logits.shape)}, "
+            f"got {tuple(base_logits.shape)}"
+        )
+    novel_label = base_logits.shape[1]  # C + 1
+    base = base_logits.argmax(dim=1)
+    novel = final_logits.float().softmax(dim=1)[:, 1] > tau
+    if merge == "final":
+        return base.masked_fill(novel, novel_label)
+    return base.masked_fill(novel & (base == 0), novel_label)
+
+
+class GFSSIoU(Metric):
+    """Generalized few-shot segmentation metrics as BAM's ``test_GFSS.py`` computes them.
+
+    Each episode's prediction and target hold 0 (background), ``1..C`` (the base classes, in the order
+    of ``base_class_ids``) and ``C + 1`` (the episode's novel class, ``class_id``); 255 in the target is
+    left out of both. Per episode, the intersection and union of every label are added to the counts of
+    the background, of each base class, and of the episode's novel class. Then, with
+    ``IoU_k = inter_k / (union_k + 1e-10)`` (0 for a class never predicted nor present):
+
+    * mIoU_n: mean IoU over the ``N`` novel classes; mIoU_b: over the ``C`` base classes; mIoU_t: over
+      all ``C + N`` (classes never seen count as 0, as in the reference);
+    * FB-IoU (the reference's): mean of the background IoU and the *pooled* foreground IoU
+      ``sum_k inter_k / sum_k union_k`` over every base and novel class;
+    * pIoU: that pooled foreground IoU.
+
+    All values in percent. The reference sums float32 pixel counts; here they are exact int64.
+
+    Args:
+        base_class_ids: global class ids of the base classes 1..C, in label order.
+        novel_class_ids: global class ids of the novel classes (an episode's ``class_id`` is one).
+        ignore_index: the target value left out.
+        num_sets: independent episode sets accumulated side by side (``data.test_seeds``).
+
+    States (int64, summed across processes): ``inter``, ``union`` [num_sets, 1 + C + N] (background,
+    base classes, novel classes).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    inter: Tensor
+    union: Tensor
+
+    def __init__(
+        self,
+        base_class_ids: Sequence[int],
+        novel_class_ids: Sequence[int],
+        ignore_index: int = IGNORE_INDEX,
+        num_sets: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not base_class_ids or not novel_class_ids:
+            raise ValueError("GFSSIoU needs at least one base class and one novel class")
+        if set(base_class_ids) & set(novel_class_ids):
+            raise ValueError(
+                f"GFSSIoU: base classes {list(base_class_ids)} and novel classes {list(novel_class_ids)} overlap"
+            )
+        if num_sets < 1:
+            raise ValueError(f"num_sets must be positive, got {num_sets}")
+        self.base_class_ids = [int(c) for c in base_class_ids]
+        self.novel_class_ids = [int(c) for c in novel_class_ids]
+        self.ignore_index = ignore_index
+        self.num_sets = num_sets
+        width = 1 + len(self.base_class_ids) + len(self.novel_class_ids)
+        self.add_state("inter", torch.zeros(num_sets, width, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("union", torch.zeros(num_sets, width, dtype=torch.long), dist_reduce_fx="sum")
+        #: the slot of each novel global class id (index 1 + C + n)
+        self._novel_slot = {c: 1 + len(self.base_class_ids) + n for n, c in enumerate(self.novel_class_ids)}
+
+    @property
+    def novel_label(self) -> int:
+        """The label of the episode's novel class in predictions and targets (C + 1)."""
+        return len(self.base_class_ids) + 1
+
+    def update(
+        self, pred: Tensor, target: Tensor, class_id: Tensor, episode_set: Tensor | None = None
+    ) -> None:
+        """Add a batch of episodes.
+
+        Args:
+            pred: [B, H, W] integer labels in 0..C+1 (:func:`merge_gfss`).
+            target: [B, H, W] integer labels in 0..C+1 or ``ignore_index``.
+            class_id: [B] the global id of each episode's novel class.
+            episode_set: [B] which episode set each episode belongs to (``None``: set 0).
+        """
+        if pred.shape != target.shape or pred.dim() != 3:
+            raise ValueError(
+                f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have one shape [B, H, W]"
+            )
+        batch, bins = pred.shape[0], self.novel_label + 1
+        class_id = class_id.reshape(-1).long()
+        if class_id.numel() != batch:
+            raise ValueError(f"class_id has {class_id.numel()} entries for a batch of {batch}")
+        unknown = [c for c in class_id.tolist() if c not in self._novel_slot]
+        if unknown:
+            raise ValueError(f"GFSS episode classes {unknown} are not novel classes {self.novel_class_ids}")
+        sets = torch.zeros_like(class_id) if episode_set is None else episode_set.reshape(-1).long()
+        if sets.numel() != batch or int(sets.min()) < 0 or int(sets.max()) >= self.num_sets:
+            raise ValueError(
+                f"episode_set {sets.tolist()} must give one set in [0, {self.num_sets}) per episode"
+            )
+        pred = pred.reshape(batch, -1).long()
+        target = target.reshape(batch, -1).long()
+        valid = target != self.ignore_index
+        bad = valid & ((pred < 0) | (pred >= bins) | (target < 0) | (target >= bins))
+        if bool(bad.any()):
+            found = torch.cat([pred[bad], target[bad]]).unique().tolist()
+            raise ValueError(
+                f"GFSS labels must lie in 0..{bins - 1} (or {self.ignore_index} in the target), found {found}"
+            )
+        offset = torch.arange(batch, device=pred.device)[:, None] * bins
+
+        def counts(labels: Tensor, keep: Tensor) -> Tensor:  # per-episode histogram [B, bins]
+            return torch.bincount((labels + offset)[keep], minlength=batch * bins).view(batch, bins)
+
+        area_inter = counts(pred, valid & (pred == target))
+        area_union = counts(pred, valid) + counts(target, valid) - area_inter
+        # columns: labels 0..C go to slots 0..C, label C+1 to the episode's novel class slot
+        slots = torch.arange(bins, device=pred.device).expand(batch, bins).clone()
+        slots[:, -1] = torch.tensor([self._novel_slot[c] for c in class_id.tolist()], device=pred.device)
+        flat = (sets[:, None] * self.inter.shape[1] + slots).reshape(-1)
+        self.inter.view(-1).index_add_(0, flat, area_inter.reshape(-1))
+        self.union.view(-1).index_add_(0, flat, area_union.reshape(-1))
+
+    def _values(self) -> dict[str, Tensor]:
+        """Every value per set, float64 [num_sets], percent."""
+        inter, union = self.inter.double(), self.union.double()
+        iou = inter / (union + 1e-10)  # [S, 1 + C + N]
+        c = len(self.base_class_ids)
+        fg = inter[:, 1:].sum(dim=1) / (union[:, 1:].sum(dim=1) + 1e-10)
+        bg = iou[:, 0]
+        return {
+            "miou_n": 100 * iou[:, 1 + c :].mean(dim=1),
+            "miou_b": 100 * iou[:, 1 : 1 + c].mean(dim=1),
+            "miou_t": 100 * iou[:, 1:].mean(dim=1),
+            "fbiou": 100 * (bg + fg) / 2,
+            "piou": 100 * fg,
+        }
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{"miou_n", "miou_b", "miou_t", "fbiou", "piou"}`` (float32 percent; the mean over the sets)."""
+        return {k: v.mean().float() for k, v in self._values().items()}
+
+    def compute_sets(self) -> dict[str, Tensor]:
+        """Each episode set's values, float64 [num_sets] (synchronised across processes like compute)."""
+        with self.sync_context():
+            return self._values()
+
+    def class_iou_sets(self) -> Tensor:
+        """IoU per set and class [num_sets, C + N] in percent (base classes, then novel; synchronised)."""
+        with self.sync_context():
+            return 100 * (self.inter.double() / (self.union.double() + 1e-10))[:, 1:]
+
+
+#: the GFSS values and how results name them
+GFSS_KEYS: tuple[str, ...] = ("miou_n", "miou_b", "miou_t", "fbiou", "piou")
+
+
+def summarize_gfss(
+    metric: GFSSIoU, set_labels: Sequence[str] | None = None, class_names: Sequence[str] = ()
+) -> dict:
+    """The GFSS results as plain numbers (a collective under DDP: call on every rank).
+
+    Returns:
+        ``{"miou_n", "miou_b", "miou_t", "fbiou", "piou"}`` (percent, the mean over the episode sets),
+        ``"per_class_iou": {class: IoU}`` (base classes, then novel ones; mean over the sets),
+        ``"novel_classes"`` (their names); with ``set_labels`` also ``"episode_sets"``, ``"<key>_per_set"`` and
+        ``"<key>_best"`` (the best set, which the reference's log also prints next to the mean).
+    """
+    sets = {k: v.tolist() for k, v in metric.compute_sets().items()}
+    per_class = metric.class_iou_sets().mean(dim=0).tolist()
+    ids = metric.base_class_ids + metric.novel_class_ids
+    names = [class_names[c] if c < len(class_names) else str(c) for c in ids]
+    summary: dict = {k: math.fsum(v) / len(v) for k, v in sets.items()}
+    summary["per_class_iou"] = dict(zip(names, per_class))
+    summary["novel_classes"] = names[len(metric.base_class_ids) :]
+    if set_labels is not None:
+        if len(set_labels) != metric.num_sets:
+            raise ValueError(f"{len(set_labels)} set labels for a metric of {metric.num_sets} episode sets")
+        summary["episode_sets"] = list(set_labels)
+        for key, values in sets.items():
+            summary[f"{key}_per_set"] = values
+            summary[f"{key}_best"] = max(values)
+    return summary
+
+
+def gfss_logged_values(summary: dict, stage: str = "test") -> dict[str, float]:
+    """The scalars of :func:`summarize_gfss` under logger keys ``{stage}/gfss/<key>`` (and per set)."""
+    values = {f"{stage}/gfss/{key}": summary[key] for key in GFSS_KEYS}
+    for i, label in enumerate(summary.get("episode_sets", [])):
+        for key in GFSS_KEYS:
+            values[f"{stage}/gfss/{label}/{key}"] = summary[f"{key}_per_set"][i]
+    return values
+
+
+def gfss_line(summary: dict) -> str:
+    """A one-line report of :func:`summarize_gfss`."""
+    return (
+        f"GFSS mIoU_n {summary['miou_n']:.2f}, mIoU_b {summary['miou_b']:.2f}, mIoU_t {summary['miou_t']:.2f}, "
+        f"FB-IoU {summary['fbiou']:.2f}, pIoU {summary['piou']:.2f}"
+    )

@@ -26,6 +26,12 @@ sets (``data.test_seeds``), each set's values (``test/seed<s>/miou``, ``test/see
 their spread (``test/miou_std``, ``test/miou_ci95_low``, ``test/miou_ci95_high``, and for FB-IoU);
 ``test/miou`` is then the mean over the sets. See :func:`fss.metrics.summarize`.
 
+**GFSS test** (``data.gfss``; ``docs/models.md``): on generalized few-shot test episodes (they carry
+``gfss_mask``) a model with a base learner (BAM's ``forward_outputs``: ``final`` and ``base`` logits) is
+also scored by :class:`~fss.metrics.GFSSIoU` on :func:`~fss.metrics.merge_gfss` of its two outputs
+(``gfss_merge``, ``gfss_tau``): ``test/gfss/{miou_n,miou_b,miou_t,fbiou,piou}``; the FS-S metrics
+score the novel class's 0/1 mask of the same episodes.
+
 **FS-CS mode** (``fscs``, linked from ``data.fscs``; ``docs/fscs.md``): the network runs on N-way
 episodes through the iFSL head (``fss.models.ifsl``): per-way foreground maps, the background as the
 mean over ways, class presence from the foreground maps. Training minimises L_S (the (N+1)-class NLL)
@@ -65,9 +71,14 @@ from fss.metrics import (
     ExactRatio,
     FewShotIoU,
     FSCSIoU,
+    GFSSIoU,
+    GFSSMerge,
     IgnorePixels,
+    gfss_logged_values,
     logged_values,
+    merge_gfss,
     summarize,
+    summarize_gfss,
 )
 from fss.models import ifsl
 from fss.models.base import aggregate_shots
@@ -143,6 +154,10 @@ class FewShotSegmentationTask(pl.LightningModule):
             iFSL evaluator, default) or ``ignore`` (see :class:`~fss.metrics.FSCSIoU`).
         momentum: SGD's momentum (0.9 in BAM).
         poly_power: the poly schedule's exponent (0.9 in BAM).
+        gfss_merge: with GFSS test episodes (``data.gfss``), how the base learner's prediction and the
+            few-shot one are merged (:func:`fss.metrics.merge_gfss`): ``final`` (BAM's Eq. 18, its
+            default) or ``base`` (its Eq. S1).
+        gfss_tau: the GFSS threshold on the few-shot foreground probability (BAM's ``merge_tau``, 0.9).
     """
 
     #: hyperparameters that do not describe the network: with ``--ckpt_path`` an explicit value on the
@@ -163,6 +178,8 @@ class FewShotSegmentationTask(pl.LightningModule):
         "fscs_ignore_pixels",
         "momentum",
         "poly_power",
+        "gfss_merge",
+        "gfss_tau",
     )
     #: hyperparameters that only initialise the network: ignored when a checkpoint is loaded
     INIT_ONLY: tuple[str, ...] = ("pretrained",)
@@ -188,6 +205,8 @@ class FewShotSegmentationTask(pl.LightningModule):
         fscs_ignore_pixels: IgnorePixels = "background",
         momentum: float = 0.9,
         poly_power: float = 0.9,
+        gfss_merge: GFSSMerge = "final",
+        gfss_tau: float = 0.9,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=list(OBJECT_OPTIONS))  # objects: described below
@@ -202,6 +221,10 @@ class FewShotSegmentationTask(pl.LightningModule):
                 raise ValueError(f"model.{name} must be non-negative, got {value}")
         if weight_decay < 0:
             raise ValueError(f"model.weight_decay must be non-negative, got {weight_decay}")
+        if gfss_merge not in ("final", "base"):
+            raise ValueError(f"model.gfss_merge must be 'final' or 'base', got {gfss_merge!r}")
+        if not 0 <= gfss_tau < 1:
+            raise ValueError(f"model.gfss_tau must be in [0, 1), got {gfss_tau}")
         if support_mask_values not in ("binary", "way_index"):
             raise ValueError(
                 f"model.support_mask_values must be 'binary' or 'way_index', got {support_mask_values!r}"
@@ -224,6 +247,8 @@ class FewShotSegmentationTask(pl.LightningModule):
                 setattr(self, f"{stage}_iou", FewShotIoU(num_classes))
         #: names of the test episode sets (``data.test_seeds``), ``None`` for one set
         self.test_set_labels: list[str] | None = None
+        #: the GFSS metric of a test on GFSS episodes (``data.gfss``), else ``None``
+        self.test_gfss: GFSSIoU | None = None
 
     def setup(self, stage: str) -> None:
         """Before fitting, tell the network the data's training classes (BAM's base learner records
@@ -246,6 +271,16 @@ class FewShotSegmentationTask(pl.LightningModule):
         num_sets = len(labels) if labels else 1
         if self.test_iou.num_sets != num_sets:
             self.test_iou = FewShotIoU(self.hparams.num_classes, num_sets=num_sets)
+        self.test_gfss = None
+        if getattr(datamodule, "gfss", False):
+            if not (hasattr(self.net, "forward_outputs") and hasattr(self.net, "base_learner")):
+                raise ValueError(
+                    f"data.gfss: generalized few-shot tests need a model with a base learner (BAM); "
+                    f"{type(self.net).__name__} has none"
+                )
+            base_ids = sorted(datamodule.train_class_ids)
+            self.net.set_train_classes(base_ids)  # checks the base learner's classes (BAM)
+            self.test_gfss = GFSSIoU(base_ids, list(datamodule.eval_class_ids), num_sets=num_sets)
 
     def class_names(self) -> list[str]:
         """The data module's class names (empty without one)."""
@@ -339,6 +374,8 @@ class FewShotSegmentationTask(pl.LightningModule):
                 self.log(
                     f"train/loss_{name}", value, on_epoch=True, on_step=False, batch_size=target.shape[0]
                 )
+        elif "gfss_mask" in batch:
+            loss = self._gfss_step(batch, stage)
         else:
             shot_logits = self.net.forward_shots(query_img, support_imgs, support_masks)  # [B,K,2,H,W]
             loss = self.loss(shot_logits.mean(dim=1), target)
@@ -357,6 +394,49 @@ class FewShotSegmentationTask(pl.LightningModule):
                     )
         self._log_loss(loss, stage, query_img.shape[0])
         return loss
+
+    def _gfss_step(self, batch: dict[str, Any], stage: Stage) -> Tensor:
+        """A batch of GFSS test episodes (``fss/data/gfss.py``): the FS-S metric on the novel class's mask,
+        and the GFSS metric on the merge of the base learner and the ensemble (BAM's ``test_GFSS.py``).
+
+        As the reference, both outputs are upsampled to the model's input size, then (with
+        ``org_gfss_mask``) to the original label's size, bilinearly (``align_corners=True``), before
+        the softmax, the threshold and the base learner's argmax."""
+        if self.test_gfss is None:
+            raise ValueError(
+                "GFSS episodes need the test metric built in setup (fss test with data.gfss: true)"
+            )
+        outputs = self.net.forward_outputs(batch["query_img"], batch["support_imgs"], batch["support_masks"])
+        size = tuple(batch["query_img"].shape[-2:])
+        final, base = (_resize_logits(outputs[k], size) for k in ("final", "base"))
+        target, class_id, episode_set = batch["query_mask"], batch["class_id"], batch.get("episode_set")
+        loss = self.loss(final, target)
+        hp, metric = self.hparams, self.metric(stage)
+        org_masks, org_labels = batch.get("org_query_mask"), batch.get("org_gfss_mask")
+        if org_masks is None or org_labels is None:
+            metric.update(final.argmax(dim=1), target, class_id, episode_set)
+            self.test_gfss.update(
+                merge_gfss(final, base, hp.gfss_merge, hp.gfss_tau), batch["gfss_mask"], class_id, episode_set
+            )
+            return loss
+        for i, (org_mask, org_label) in enumerate(zip(org_masks, org_labels)):  # each at its original size
+            org_size = tuple(org_label.shape[-2:])
+            one_final, one_base = (_resize_logits(x[i : i + 1], org_size) for x in (final, base))
+            one_set = None if episode_set is None else episode_set[i : i + 1]
+            metric.update(
+                one_final.argmax(dim=1), org_mask.reshape(1, *org_size), class_id[i : i + 1], one_set
+            )
+            pred = merge_gfss(one_final, one_base, hp.gfss_merge, hp.gfss_tau)
+            self.test_gfss.update(pred, org_label.reshape(1, *org_size), class_id[i : i + 1], one_set)
+        return loss
+
+    def gfss_summary(self) -> dict[str, Any] | None:
+        """The GFSS results of the test (:func:`fss.metrics.summarize_gfss`, with the merge rule and
+        threshold), ``None`` without GFSS episodes; a collective under DDP: every process calls it."""
+        if self.test_gfss is None:
+            return None
+        summary = summarize_gfss(self.test_gfss, self.test_set_labels, self.class_names())
+        return {"merge": self.hparams.gfss_merge, "merge_tau": self.hparams.gfss_tau, **summary}
 
     def _log_loss(self, loss: Tensor, stage: Stage, batch_size: int) -> None:
         # {stage}/loss is the epoch mean in every stage; training also shows the per-step value
@@ -410,7 +490,12 @@ class FewShotSegmentationTask(pl.LightningModule):
             getattr(self, f"{stage}_er").reset()
         elif stage == "test":
             summary = summarize(metric, self.test_set_labels, self.class_names())
-            for key, value in logged_values(summary, stage).items():
+            values = logged_values(summary, stage)
+            gfss = self.gfss_summary()
+            if gfss is not None:
+                values.update(gfss_logged_values(gfss, stage))
+                self.test_gfss.reset()
+            for key, value in values.items():
                 self.log(key, value, sync_dist=True, reduce_fx="max")
         else:
             values = metric.compute()
@@ -481,3 +566,10 @@ class FewShotSegmentationTask(pl.LightningModule):
             )
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_epochs, eta_min=hp.min_lr)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+
+
+def _resize_logits(logits: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Logits [B, C, h, w] resized bilinearly (``align_corners=True``, the references') to ``size``."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, tuple(size), mode="bilinear", align_corners=True)

@@ -171,6 +171,32 @@ def test_two_processes_give_identical_metrics(
     assert (multi[miou], multi[fbiou]) == (single[miou], single[fbiou])
 
 
+#: a tiny BAM (random base learner over the 36 training classes) for the GFSS test
+BAM = ["--model.net", "BAM", "--model.net.reduce_dim", "16", "--model.net.num_base_classes", "36"]
+
+
+def test_two_processes_give_identical_gfss_metrics(config: Path, tmp_path: Path) -> None:
+    """GFSS test episodes (``data.gfss``): the synchronised GFSS states give the one-process numbers."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["fss"])
+        main(["fit", "--config", str(config), *BAM, "--trainer.default_root_dir", str(tmp_path / "fit")])
+    (ckpt,) = (tmp_path / "fit").glob("version_*/checkpoints/last.ckpt")
+    # tau 0: every pixel is novel under the "final" merge, so the novel IoUs are not all zero
+    common = ["--config", str(config), *BAM, "--ckpt_path", str(ckpt), "--data.init_args.gfss", "true",
+              "--model.gfss_tau", "0.0"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["fss"])
+        main(["test", *common, "--trainer.default_root_dir", str(one)])
+    run_fss(["test", *common, *DDP, "--trainer.default_root_dir", str(two)], cwd=tmp_path)
+    single, multi = logged(one), logged(two)
+    keys = [f"test/gfss/{k}" for k in ("miou_n", "miou_b", "miou_t", "fbiou", "piou")]
+    assert float(single["test/gfss/miou_n"]) > 0, f"degenerate predictions: {single}"
+    assert [multi[k] for k in keys] == [single[k] for k in keys]
+    results = [json.loads(next(d.rglob("test_results.json")).read_text())["gfss"] for d in (one, two)]
+    assert results[0] == results[1]
+
+
 #: the demo config, tiny: 64 px, 2 x 4 training episodes per process, 6 validation episodes (3 + 3)
 DEMO_TINY = [
     "--config", DEMO, *DDP, "--trainer.accelerator", "cpu",

@@ -26,7 +26,7 @@ How to add a dataset (PASCAL-5i, COCO-20i, FSS-1000 and the synthetic set all fo
    that declares *only your own* typed, documented arguments followed by ``**kwargs``, and passes
    ``**kwargs`` on to ``super().__init__``. The shared episode options (fold, shot, img_size,
    batch_size, eval_batch_size, num_workers, the episode counts, seed, use_original_imgsize,
-   support_label, fscs, way) are declared once, here; jsonargparse follows ``**kwargs`` to this
+   support_label, fscs, way, class_maps, gfss, test_seeds) are declared once, here; jsonargparse follows ``**kwargs`` to this
    class, so they still appear, typed and documented, in ``fss fit --help`` for your module. To give one of them
    another default, declare just that one again and pass it on by name (the synthetic module does
    so for ``img_size``). Return your dataset's extra arguments from
@@ -118,6 +118,8 @@ class EpisodicDataset(Dataset[Episode], ABC):
     #: episodes also carry ``query_classes``, the query's class map (the base learner's labels, BAM
     #: stage 1); a class default so that subclasses need not forward it (the data module sets it)
     class_maps: bool = False
+    #: generalized few-shot test episodes (:mod:`fss.data.gfss`), set by the data module for the test split
+    gfss: bool = False
 
     #: total number of classes of the benchmark (size of the metric state)
     num_classes: ClassVar[int]
@@ -213,6 +215,8 @@ class EpisodicDataset(Dataset[Episode], ABC):
         rng = self.rng(index, epoch)
         if self.fscs:
             episode: Any = self.make_fscs_episode(rng, index)
+        elif self.gfss:
+            episode = self.make_gfss_episode(rng, index)
         else:
             episode = self.make_episode(rng, index)
         return self.apply_support_label(episode)
@@ -256,6 +260,27 @@ class EpisodicDataset(Dataset[Episode], ABC):
         self.fscs = fscs
         self.way = way
 
+    @property
+    def gfss_base_ids(self) -> list[int]:
+        """The base classes of GFSS episodes: the fold's training classes, ascending (BAM's base learner's)."""
+        return sorted(self.split_class_ids("train", self.fold))
+
+    @property
+    def gfss_novel_ids(self) -> list[int]:
+        """The classes GFSS episodes draw their novel class from (this split's; file datasets keep those
+        with enough images)."""
+        return self.class_ids
+
+    def configure_gfss(self, gfss: bool) -> None:
+        """Switch to generalized few-shot episodes (:mod:`fss.data.gfss`; val/test splits only)."""
+        if gfss and self.split == "train":
+            raise ValueError(
+                f"{type(self).__name__}: GFSS episodes (data.gfss) are test episodes, not training ones"
+            )
+        if gfss and self.fscs:
+            raise ValueError(f"{type(self).__name__}: data.gfss and data.fscs cannot be combined")
+        self.gfss = gfss
+
     @abstractmethod
     def make_episode(self, rng: np.random.Generator, index: int) -> Episode:
         """Build episode ``index`` drawing all randomness from ``rng`` (a ``numpy.random.Generator``)."""
@@ -263,6 +288,10 @@ class EpisodicDataset(Dataset[Episode], ABC):
     def make_fscs_episode(self, rng: np.random.Generator, index: int) -> FSCSEpisode:
         """Build the ``self.way``-way FS-CS episode ``index`` from ``rng`` (see :mod:`fss.data.fscs`)."""
         raise NotImplementedError(f"{type(self).__name__} has no FS-CS episodes (data.fscs)")
+
+    def make_gfss_episode(self, rng: np.random.Generator, index: int) -> Episode:
+        """Build the generalized few-shot test episode ``index`` from ``rng`` (see :mod:`fss.data.gfss`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no GFSS episodes (data.gfss)")
 
     def __repr__(self) -> str:
         return (
@@ -333,6 +362,11 @@ class EpisodicDataModule(pl.LightningDataModule):
             background, ``c + 1`` for class ``c``, 255 ignore), resized and augmented with the query:
             the labels of a base learner (BAM's stage 1, ``fss.models.PSPNet``). Synthetic, PASCAL, COCO
             with PNG masks.
+        gfss: the *test* episodes are generalized few-shot episodes (BAM's GFSS protocol,
+            :mod:`fss.data.gfss`): the query labelled with the background, every base (training)
+            class and the episode's novel class (``gfss_mask``); ``fss test`` then also reports
+            mIoU over novel, base and all classes, FB-IoU and pIoU (a model with a base learner: BAM).
+            PASCAL, COCO with PNG masks and the synthetic set.
         test_seeds: evaluate on several independent test episode sets in one ``fss test``, one per
             seed (e.g. ``[0, 1, 2, 3, 4]``; ``test_episodes`` each); the test then reports every set's
             mIoU and FB-IoU, their mean, standard deviation and 95% confidence interval (see
@@ -364,6 +398,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         fscs: bool = False,
         way: int = 1,
         class_maps: bool = False,
+        gfss: bool = False,
         test_seeds: list[int] | None = None,
     ) -> None:
         super().__init__()
@@ -372,6 +407,8 @@ class EpisodicDataModule(pl.LightningDataModule):
             raise ValueError(f"{name}: data.way must be >= 1, got {way}")
         if way > 1 and not fscs:
             raise ValueError(f"{name}: data.way={way} needs data.fscs: true (N-way episodes are FS-CS)")
+        if gfss and fscs:
+            raise ValueError(f"{name}: data.gfss and data.fscs cannot be combined (pick one test protocol)")
         check_support_label(support_label, f"{name} (data.support_label)")
         if test_seeds is not None:
             test_seeds = [int(s) for s in test_seeds]
@@ -418,6 +455,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.fscs = fscs
         self.way = way
         self.class_maps = class_maps
+        self.gfss = gfss
         self.test_seeds = test_seeds
         self.datasets: dict[str, Dataset[Episode]] = {}
 
@@ -473,6 +511,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         dataset.support_label = getattr(self, "support_label", "mask")
         dataset.configure_fscs(getattr(self, "fscs", False), getattr(self, "way", 1))
         dataset.class_maps = getattr(self, "class_maps", False)
+        dataset.configure_gfss(getattr(self, "gfss", False) and split == "test")
         return dataset
 
     def setup(self, stage: str | None = None) -> None:

@@ -371,6 +371,20 @@ class COCO20iDataset(ImageEpisodeDataset):
         mask_path = self.mask_path(item)
         return read_label(mask_path) if mask_path is not None else None
 
+    def gfss_index(self) -> tuple[list[str], dict[int, list[str]]]:
+        """GFSS lists from the semantic PNGs: every ``val2014`` image, by file name, and per held-out class
+        the images showing it (any size). BAM's own list (``lists/coco/val.txt``) is not public with its
+        code, so its order, and thus which 1000 images its test queries, may differ."""
+        if self.mask_source != "png":
+            raise ValueError(
+                "COCO-20i: GFSS episodes (data.gfss) label every class of the query, which needs the semantic "
+                f"PNG masks ({self.base / 'annotations' / self.images}/<stem>.png; data.mask_source: png)"
+            )
+        index = png_pixel_index(self.base, self.images)
+        stems = sorted(index)
+        pools = {c: [s for s in stems if index[s].get(c + 1, 0) > 0] for c in self.class_ids}
+        return stems, pools
+
     def load_target(self, item: str, class_id: int, query: bool) -> np.ndarray:
         mask_path = self.mask_path(item)
         if mask_path is not None:

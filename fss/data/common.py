@@ -30,6 +30,7 @@ from PIL import Image
 from fss.data.base import EpisodicDataModule, EpisodicDataset
 from fss.data.episode import IGNORE_INDEX, Episode
 from fss.data.fscs import FSCSEpisode, make_image_fscs_episode
+from fss.data.gfss import make_image_gfss_episode, usable_novel_classes
 from fss.data.protocols import EpisodeIdentity, EpisodeOrder, check_episode_order, reference_sequence
 from fss.data.transforms import (
     IMAGENET_MEAN,
@@ -643,6 +644,40 @@ class ImageEpisodeDataset(EpisodicDataset):
 
     def make_fscs_episode(self, rng: np.random.Generator, index: int) -> FSCSEpisode:
         return make_image_fscs_episode(self, rng, index, self.way)
+
+    # ------------------------------------------------------------------ GFSS (fss/data/gfss.py)
+    def gfss_index(self) -> tuple[list[Any], dict[int, list[Any]]]:
+        """The GFSS query list (every image of the split, in the reference's order) and, per class
+        of this split, the images showing it with at least one pixel (the support pools)."""
+        raise ValueError(f"{self.display_name} has no GFSS episodes (data.gfss); PASCAL-5i and COCO-20i do")
+
+    def configure_gfss(self, gfss: bool) -> None:
+        super().configure_gfss(gfss)
+        if not gfss:
+            return
+        queries, pools = self.gfss_index()
+        excluded = excluded_files(self.data_root)
+        if excluded:
+            root = self.data_root
+
+            def kept(item: Any) -> bool:
+                return not any(_relative(f, root) in excluded for f in self.item_files(item))
+
+            queries = [q for q in queries if kept(q)]
+            pools = {c: [item for item in items if kept(item)] for c, items in pools.items()}
+        if not queries:
+            raise ValueError(f"{self.display_name}: GFSS (data.gfss) found no query image; check data.root")
+        owner = f"{self.display_name} {self.split}"
+        self._gfss_novel_ids = usable_novel_classes(pools, self.class_ids, self.shot, owner)
+        self.gfss_queries: list[Any] = queries
+        self.gfss_pools: dict[int, list[Any]] = pools
+
+    @property
+    def gfss_novel_ids(self) -> list[int]:
+        return getattr(self, "_gfss_novel_ids", self.class_ids)
+
+    def make_gfss_episode(self, rng: np.random.Generator, index: int) -> Episode:
+        return make_image_gfss_episode(self, rng, index)
 
     # ------------------------------------------------------------------ inspection
     def items(self) -> list[Any]:

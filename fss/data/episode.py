@@ -19,6 +19,11 @@ key                    shape / type         meaning
                                             for class ``c``, 255 ignore (only with ``data.class_maps``)
 ``episode_set``        long []              optional: which of several test episode sets the episode
                                             belongs to (only with ``data.test_seeds``)
+``gfss_mask``          long [H, W]          optional: the generalized few-shot target, 0 background,
+                                            1..C base classes, C + 1 the novel class ``class_id``,
+                                            255 ignore (only test episodes with ``data.gfss``)
+``org_gfss_mask``      long [H0, W0]        optional: ``gfss_mask`` at the original size (with
+                                            ``data.gfss`` and ``use_original_imgsize``)
 =====================  ===================  ==========================================================
 
 :func:`collate_episodes` batches B episodes: tensors gain a leading batch dimension (``query_img``
@@ -74,6 +79,8 @@ class Episode(_EpisodeRequired, total=False):
     org_query_mask: Tensor
     query_classes: Tensor
     episode_set: Tensor
+    gfss_mask: Tensor
+    org_gfss_mask: Tensor
 
 
 class EpisodeBatch(TypedDict, total=False):
@@ -90,6 +97,8 @@ class EpisodeBatch(TypedDict, total=False):
     org_query_mask: Tensor | list[Tensor]
     query_classes: Tensor
     episode_set: Tensor
+    gfss_mask: Tensor
+    org_gfss_mask: Tensor | list[Tensor]
 
 
 def check_episode(episode: Episode, shot: int | None = None, img_size: int | None = None) -> None:

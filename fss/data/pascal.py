@@ -311,6 +311,22 @@ class Pascal5iDataset(ImageEpisodeDataset):
     def load_class_map(self, item: str) -> np.ndarray:
         return read_label(self.mask_path(item))  # SegmentationClassAug: 0, class + 1, 255
 
+    def gfss_index(self) -> tuple[list[str], dict[int, list[str]]]:
+        """BAM's GFSS lists: every image of ``ImageSets/Segmentation/val.txt`` in file order (the
+        reference's ``lists/pascal/val.txt``), and per held-out class the images showing it (any size)."""
+        if self.split == "train":
+            raise ValueError("PASCAL-5i: GFSS episodes are test episodes")
+        val_txt = self.voc / "ImageSets" / "Segmentation" / "val.txt"
+        if not val_txt.is_file():
+            raise DatasetLayoutError(
+                f"{val_txt} not found: GFSS episodes (data.gfss) query every PASCAL val image in its order. "
+                "Restore it from the VOC2012 tarball."
+            )
+        names = list(dict.fromkeys(read_lines(val_txt)))
+        present = image_classes(self.voc, names, cache_dir(self.voc) / "pascal_val_classes.txt")
+        pools = {c: [n for n in names if c in present[n]] for c in self.class_ids}
+        return names, pools
+
     def item_name(self, item: str) -> str:
         return item
 

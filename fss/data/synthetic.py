@@ -27,6 +27,10 @@ Episode ``index`` shows class ``class_ids[index % len(class_ids)]`` (balanced), 
 drawn from the episode generator, so episodes are a pure function of (seed, split, fold, epoch,
 index) and identical whatever the number of workers.
 
+GFSS test episodes (``data.gfss``, :mod:`fss.data.gfss`): the query is a scene around class
+``index % 48`` (so it shows base and novel classes), its labels keep the 36 training classes (base)
+and the novel class chosen by BAM's rule; the supports are scenes of that novel class.
+
 FS-CS episodes (``data.fscs``, :mod:`fss.data.fscs`): the query is the scene of class
 ``class_ids[index % len(class_ids)]``; the N support classes are drawn from the split's classes as the
 iFSL reference does (that class with probability 1/2), so the query shows a support class when it is
@@ -45,6 +49,7 @@ import torch
 from fss.data.base import EpisodicDataModule, EpisodicDataset
 from fss.data.episode import Episode
 from fss.data.fscs import FSCSEpisode, class_presence, draw_support_classes
+from fss.data.gfss import add_gfss_targets, choose_novel_class, gfss_label, image_classes_of, novel_target
 from fss.data.transforms import normalize_array_
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross", "ellipse", "crescent")
@@ -385,6 +390,44 @@ class SyntheticFSS(EpisodicDataset):
         if self.use_original_imgsize:
             episode["org_query_mask"] = query_mask.clone()
         return episode
+
+    def make_gfss_episode(self, rng: np.random.Generator, index: int) -> Episode:
+        """The GFSS test episode ``index`` (:mod:`fss.data.gfss`): the query is a scene around class
+        ``index % 48`` (base or novel) with its distractors; the novel class is chosen from what the
+        scene shows by the reference's rule; the K supports are scenes of that class."""
+        size, shot, base_ids = self.img_size, self.shot, self.gfss_base_ids
+        imgs = np.empty((shot + 1, 3, size, size), dtype=np.float32)
+        masks = np.empty((shot, size, size), dtype=np.float32)
+        imgs[0], query_map = render_scene(
+            rng, size, index % self.num_classes, self.min_distractors, self.max_distractors
+        )
+        class_map = (query_map + 1).astype(np.uint8)  # background -1 -> 0, class c -> c + 1
+        novel = choose_novel_class(rng, image_classes_of(class_map), base_ids, self.gfss_novel_ids)
+        for k in range(shot):
+            imgs[1 + k], support_map = render_scene(
+                rng, size, novel, self.min_distractors, self.max_distractors
+            )
+            np.equal(support_map, novel, out=masks[k], casting="unsafe")
+        self.restyle(rng, imgs)
+        normalize_array_(imgs)
+        label = gfss_label(class_map, base_ids, novel)
+        query_mask = torch.from_numpy(novel_target(label, len(base_ids) + 1).astype(np.int64))
+        name = f"synthetic/{self.split}/fold{self.fold}/gfss/{index:06d}"
+        episode: Episode = {
+            "query_img": torch.from_numpy(imgs[0]),
+            "query_mask": query_mask,
+            "support_imgs": torch.from_numpy(imgs[1:]),
+            "support_masks": torch.from_numpy(masks),
+            "class_id": torch.tensor(novel, dtype=torch.long),
+            "query_name": f"{name}/query",
+            "support_names": [f"{name}/support{k}" for k in range(shot)],
+            "org_query_imsize": torch.tensor([size, size], dtype=torch.long),
+        }
+        if self.use_original_imgsize:
+            episode["org_query_mask"] = query_mask.clone()
+        if self.class_maps:
+            episode["query_classes"] = torch.from_numpy(class_map.astype(np.int64))
+        return add_gfss_targets(episode, label, size, self.use_original_imgsize)
 
 
 class SyntheticDataModule(EpisodicDataModule):
