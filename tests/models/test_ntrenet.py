@@ -469,6 +469,28 @@ def test_seeded_training_steps_repeat():
     assert run() == run()
 
 
+def test_fscs_ways_are_ntrenet_episodes():
+    """FS-CS (``way_logits``): way n's logits are those of NTRENet on the FS-S episode of way n's shots,
+    at the feature grid; a 1-way episode, upsampled, is exactly ``forward_shots``."""
+    net = small_ntrenet("hm").eval()
+    query, supports, masks = episode(4, batch=2, size=33)
+    supports, masks = supports.view(2, 2, 2, 3, 33, 33), masks.view(2, 2, 2, 33, 33)
+    with torch.no_grad():
+        one_way = net.way_logits(query, supports[:, :1], masks[:, :1])
+        assert one_way.shape == (2, 1, 1, 2, 5, 5)
+        fs_s = net.forward_shots(query, supports[:, 0], masks[:, 0])  # [B, 1, 2, 33, 33]
+        torch.testing.assert_close(
+            F.interpolate(one_way[:, 0, 0], (33, 33), mode="bilinear", align_corners=True),
+            fs_s[:, 0],
+            rtol=0,
+            atol=1e-6,
+        )
+        logits = net.way_logits(query, supports, masks, torch.tensor([[5, 12], [19, 6]]))
+        for n in range(2):
+            expected = net.forward_outputs(query, supports[:, n], masks[:, n])["out"]
+            torch.testing.assert_close(logits[:, n, 0], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_runs_on_another_backbone():
     """On a torchvision ResNet the levels are resized to the middle one's grid."""
     torch.manual_seed(0)
