@@ -29,7 +29,9 @@ their spread (``test/miou_std``, ``test/miou_ci95_low``, ``test/miou_ci95_high``
 **FS-CS mode** (``fscs``, linked from ``data.fscs``; ``docs/fscs.md``): the network runs on N-way
 episodes through the iFSL head (``fss.models.ifsl``): per-way foreground maps, the background as the
 mean over ways, class presence from the foreground maps. Training minimises L_S (the (N+1)-class NLL)
-or, with ``weak`` (linked from ``data.support_label: tag``), L_C (class tags only). Validation and
+or, with ``weak`` (linked from ``data.support_label: tag``), L_C (class tags only), never a network's
+own ``training_loss`` terms; in training the ways' classes go to the network (``way_logits``: BAM
+leaves each way's class out of its base map). Validation and
 test predict with the reference's K-shot rule. Logged: ``{train,val,test}/loss``,
 ``{train,val,test}/er`` (:class:`~fss.metrics.ExactRatio`) and ``{train,val,test}/miou``
 (:class:`~fss.metrics.FSCSIoU`), both synchronised across processes. With ``fscs`` off nothing

@@ -42,6 +42,10 @@ training; it needs the query's class map (``data.class_maps: true``; without one
 a warning). Its labels are the reference's base annotation: each base class at its channel, every
 other class background, 255 ignored. As in the reference (whose ``fix_bn`` only fixes BatchNorm), the
 base learner's dropout is active in training, in the ensemble's base map and in this loss alike.
+
+FS-CS (``way_logits``, docs/fscs.md): each of the N ways is a BAM episode of its K shots, all B*N in one
+forward (the query's backbone features computed once); in training each way leaves its own class out
+of the base map. FS-CS training uses the iFSL loss only: the auxiliary meta and base terms are left out.
 """
 
 from __future__ import annotations

@@ -37,6 +37,11 @@ the mean CE of the bins' ``inner_cls`` / ``initial_inner_cls`` logits, ``bg`` th
 query and of each support (:func:`background_loss`, averaged over the K + 1 images) and ``contrast`` the
 prototypical contrastive loss (:class:`PrototypeContrast`) with its memory bank of distractor
 prototypes per class, which lives across training steps.
+
+FS-CS (``way_logits``, docs/fscs.md): each of the N ways is an NTRENet episode of its K shots, all B*N in
+one forward (the query's backbone features computed once). FS-CS training uses the iFSL loss only: the
+auxiliary terms above are left out (so the background-mining head, trained by its own loss only, stays
+as initialised or as loaded).
 """
 
 from __future__ import annotations
