@@ -491,6 +491,24 @@ def test_fscs_ways_are_ntrenet_episodes():
             torch.testing.assert_close(logits[:, n, 0], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_fscs_training_leaves_the_auxiliary_parts_without_gradient():
+    """FS-CS training minimises the iFSL loss alone (docs/fscs.md): the parts only NTRENet's auxiliary
+    terms train (background mining's head, the bins' inner and initial classifiers) get no gradient,
+    which is why DDP needs ``ddp_find_unused_parameters_true`` there; everything else does."""
+    from fss.models.ifsl import episode_way_logits, predict_episode, segmentation_loss
+
+    net = small_ntrenet("hm").train()
+    query, supports, masks = episode(2, batch=2, size=33)
+    supports, masks = supports.view(2, 2, 1, 3, 33, 33), masks.view(2, 2, 1, 33, 33)
+    target = masks[:, 0, 0].long() + 2 * masks[:, 1, 0].long().clamp(max=1 - masks[:, 0, 0].long())
+    logits = episode_way_logits(net, query, supports, masks, torch.tensor([[5, 12], [19, 6]]))
+    segmentation_loss(predict_episode(logits, (33, 33)).merged, target).backward()
+    without = {
+        n.split(".")[0] for n, p in net.learner.named_parameters() if p.grad is None or not p.grad.any()
+    }
+    assert without == {"down_bg", "bg_res1", "bg_cls", "inner_cls", "initial_inner_cls"}
+
+
 def test_runs_on_another_backbone():
     """On a torchvision ResNet the levels are resized to the middle one's grid."""
     torch.manual_seed(0)
