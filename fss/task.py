@@ -35,7 +35,9 @@ score the novel class's 0/1 mask of the same episodes.
 **FS-CS mode** (``fscs``, linked from ``data.fscs``; ``docs/fscs.md``): the network runs on N-way
 episodes through the iFSL head (``fss.models.ifsl``): per-way foreground maps, the background as the
 mean over ways, class presence from the foreground maps. Training minimises L_S (the (N+1)-class NLL)
-or, with ``weak`` (linked from ``data.support_label: tag``), L_C (class tags only). Validation and
+or, with ``weak`` (linked from ``data.support_label: tag``), L_C (class tags only), never a network's
+own ``training_loss`` terms; in training the ways' classes go to the network (``way_logits``: BAM
+leaves each way's class out of its base map). Validation and
 test predict with the reference's K-shot rule. Logged: ``{train,val,test}/loss``,
 ``{train,val,test}/er`` (:class:`~fss.metrics.ExactRatio`) and ``{train,val,test}/miou``
 (:class:`~fss.metrics.FSCSIoU`), both synchronised across processes. With ``fscs`` off nothing
@@ -320,12 +322,18 @@ class FewShotSegmentationTask(pl.LightningModule):
         return values | {"per_class_iou": {names[c]: v for c, v in enumerate(per_class) if not math.isnan(v)}}
 
     def fscs_predict(self, batch: dict[str, Any], size: tuple[int, int] | None = None) -> ifsl.FSCSPrediction:
-        """The iFSL head on an FS-CS batch (``fss/data/fscs.py``), predicted at ``size`` (the query's)."""
+        """The iFSL head on an FS-CS batch (``fss/data/fscs.py``), predicted at ``size`` (the query's).
+
+        In training (``self.training``) the ways' classes (``support_classes``) go to the network, as
+        the episode's ``class_id`` does in FS-S training (BAM leaves each way's class out of its
+        base learner's map); at evaluation they do not.
+        """
         masks = batch["support_masks"]
         if self.hparams.support_mask_values == "way_index":
             masks = ifsl.way_index_masks(masks)
         query_img = batch["query_img"]
-        logits = ifsl.episode_way_logits(self.net, query_img, batch["support_imgs"], masks)
+        classes = batch.get("support_classes") if self.training else None
+        logits = ifsl.episode_way_logits(self.net, query_img, batch["support_imgs"], masks, classes)
         return ifsl.predict_episode(logits, size or tuple(query_img.shape[-2:]))
 
     def fscs_loss(self, prediction: ifsl.FSCSPrediction, batch: dict[str, Any]) -> Tensor:

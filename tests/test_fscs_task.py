@@ -11,12 +11,13 @@ import pytest
 import torch
 import yaml
 
-from fss.cli import main
+from fss.cli import build_cli, main
 from fss.data import SyntheticDataModule
 from fss.metrics import ExactRatio, FSCSIoU
-from fss.models import MODELS, ASNet, HSNet
+from fss.models import BAM, MODELS, ASNet, HSNet, NTRENet
 from fss.models.ifsl import classification_loss, segmentation_loss
 from fss.task import FewShotSegmentationTask
+from tests.test_models_cli import NET_ARGS
 from tests.test_models_cli import TINY_RUN as TINY
 from tests.test_task import RESNET18, TinySegmenter, make_trainer
 
@@ -178,6 +179,35 @@ def test_fss_fit_fast_dev_run(support_label: str, tmp_path: Path, capsys: pytest
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["init_args"]["fscs"] is True
     assert "fscs" not in printed["model"] and "weak" not in printed["model"]  # linked, not options
+
+
+@pytest.mark.parametrize("cls", [BAM, NTRENet])
+def test_fss_fit_fast_dev_run_of_the_prototype_family(
+    cls: type, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BAM and NTRENet train on 2-way FS-CS episodes through the CLI: the iFSL loss alone (their own
+    auxiliary terms are not logged: FS-CS training leaves them out), the ways' classes reach the
+    network in training only (BAM leaves each way's class out of its base map)."""
+    seen: list[torch.Tensor | None] = []
+    way_logits = cls.way_logits
+
+    def spy(self, query_img, support_imgs, support_masks, way_classes=None):
+        seen.append(None if way_classes is None else way_classes.clone())
+        return way_logits(self, query_img, support_imgs, support_masks, way_classes)
+
+    monkeypatch.setattr(cls, "way_logits", spy)
+    net_args = NET_ARGS[cls.__name__.lower()]
+    cli = build_cli(["fit", "--config", SYNTHETIC, *TINY, *net_args, "--trainer.fast_dev_run", "1",
+                     "--trainer.default_root_dir", str(tmp_path)])  # fmt: skip
+    assert type(cli.model.net) is cls and cli.trainer.state.finished and cli.trainer.global_step == 1
+    metrics = cli.trainer.callback_metrics
+    assert {"train/loss", "train/er", "train/miou", "val/loss", "val/er", "val/miou"} <= set(metrics)
+    assert not any(key.startswith("train/loss_") and key != "train/loss_step" for key in metrics)
+    assert torch.isfinite(metrics["train/loss"])
+    train, val = seen  # fast_dev_run: one training batch, one validation batch
+    assert train is not None and train.shape == (2, 2) and val is None
+    if cls is BAM:
+        assert set(train.flatten().tolist()) <= set(cli.model.net.base_class_ids.tolist())
 
 
 @pytest.mark.slow

@@ -42,6 +42,10 @@ training; it needs the query's class map (``data.class_maps: true``; without one
 a warning). Its labels are the reference's base annotation: each base class at its channel, every
 other class background, 255 ignored. As in the reference (whose ``fix_bn`` only fixes BatchNorm), the
 base learner's dropout is active in training, in the ensemble's base map and in this loss alike.
+
+FS-CS (``way_logits``, docs/fscs.md): each of the N ways is a BAM episode of its K shots, all B*N in one
+forward (the query's backbone features computed once); in training each way leaves its own class out
+of the base map. FS-CS training uses the iFSL loss only: the auxiliary meta and base terms are left out.
 """
 
 from __future__ import annotations
@@ -302,11 +306,27 @@ class PrototypeFeatures:
         self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor
     ) -> tuple[tuple[int, int], Tensor, tuple[Any, ...]]:
         """``(batch, shots)``, the support masks [B*K, H, W] as float (shots flattened) and
-        :meth:`_backbone_features` of the episode (support images [B, K, 3, H, W] or [B, 3, H, W])."""
+        :meth:`_backbone_features` of the episode (support images [B, K, 3, H, W] or [B, 3, H, W]).
+
+        FS-CS (:meth:`way_logits`): support images [B, N, K, 3, H, W] and masks [B, N, K, H, W] are
+        B*N episodes (way-minor: episode ``b*N + n`` is way n of query b) of one batch: ``batch`` is
+        B*N; the query's backbone features are computed once and repeated for its N ways.
+        """
+        ways = 1
+        if support_imgs.dim() == 6:  # FS-CS: the N ways of each query become N episodes
+            ways = support_imgs.shape[1]
+            support_imgs, support_masks = support_imgs.flatten(0, 1), support_masks.flatten(0, 1)
         support_imgs, support_masks = _as_shots(support_imgs, support_masks)
         batch, shots = support_masks.shape[:2]
         s_mask = support_masks.flatten(0, 1).float()
-        return (batch, shots), s_mask, self._backbone_features(query_img, support_imgs.flatten(0, 1), s_mask)
+        query, *supports = self._backbone_features(query_img, support_imgs.flatten(0, 1), s_mask)
+        if ways > 1:
+            query = [f.repeat_interleave(ways, dim=0) for f in query]
+        return (batch, shots), s_mask, (query, *supports)
+
+    def _fscs_logits(self, logits: Tensor, support_masks: Tensor) -> Tensor:
+        """Logits [B*N, 2, h, w] of the B*N way episodes -> the FS-CS way logits [B, N, 1, 2, h, w]."""
+        return logits.unflatten(0, tuple(support_masks.shape[:2])).unsqueeze(2)
 
     def _backbone_features(
         self, query_img: Tensor, s_img: Tensor, s_mask: Tensor
@@ -469,7 +489,8 @@ class BAM(PrototypeFeatures, FewShotSegmenter):
         """``final``, ``meta`` [B, 2, h, w] and ``base`` [B, 1+C, h, w] logits at ``layer3``'s grid (stride 8; VGG: 16).
 
         Args:
-            query_img: [B, 3, H, W]; support_imgs: [B, K, 3, H, W]; support_masks: [B, K, H, W].
+            query_img: [B, 3, H, W]; support_imgs: [B, K, 3, H, W]; support_masks: [B, K, H, W]
+                (or [B, N, K, ...] for N ways: B*N episodes, see ``_episode_features``).
             class_id: [B] global class ids of the episodes (training): the ensemble leaves each
                 episode's own class out of the base learner's map; None: every base class counts.
         """
@@ -519,6 +540,24 @@ class BAM(PrototypeFeatures, FewShotSegmenter):
                 "base-learner checkpoint of this fold) or model.net.init_args.base_classes."
             )
         return match.float().argmax(dim=1) + 1
+
+    def way_logits(
+        self,
+        query_img: Tensor,
+        support_imgs: Tensor,
+        support_masks: Tensor,
+        way_classes: Tensor | None = None,
+    ) -> Tensor:
+        """FS-CS: the ensemble's ``final`` logits [B, N, 1, 2, h, w] of each way, at ``layer3``'s grid.
+
+        Each way is a BAM episode of its K shots (one :meth:`forward_outputs` on the B*N episodes, the
+        query's backbone features computed once). ``way_classes`` [B, N] (training): each way's own
+        class is left out of the base learner's map, as the episode's class in FS-S training; None
+        (evaluation): every base class counts.
+        """
+        class_id = None if way_classes is None else way_classes.flatten()
+        final = self.forward_outputs(query_img, support_imgs, support_masks, class_id)["final"]
+        return self._fscs_logits(final, support_masks)
 
     def forward_shots(self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor) -> Tensor:
         """The ensemble's logits [B, 1, 2, H, W] (all K shots fused), upsampled to the query size."""

@@ -163,6 +163,41 @@ class FewShotSegmenter(RecordsInitArgs, nn.Module):
         logits = self.predict_logits(query_feats, support_feats, support_masks.flatten(0, 1))
         return logits.unflatten(0, (batch, shots))
 
+    def way_logits(
+        self,
+        query_img: Tensor,
+        support_imgs: Tensor,
+        support_masks: Tensor,
+        way_classes: Tensor | None = None,
+    ) -> Tensor:
+        """FS-CS: logits of the query against each of the N ways of an episode, at the learner's resolution.
+
+        Each way is an FS-S episode of its K shots; the ways must not interact (a way's logits are
+        those of the way run alone). This default serves every model built on the hooks above: one
+        backbone call for the query (once, whatever N and K) and all N x K supports
+        (:meth:`masked_features`), the query's features repeated per way, then :meth:`fuse_shots`
+        on the B x N episodes. A model that computes from the images itself (BAM, NTRENet)
+        overrides it. ``fss.models.ifsl.episode_way_logits`` checks the shapes and calls it.
+
+        Args:
+            query_img: [B, 3, H, W].
+            support_imgs: [B, N, K, 3, H', W'].
+            support_masks: [B, N, K, H', W'] float (0/1, or way-index values).
+            way_classes: [B, N] global class id of each way, given in training only (as the
+                episode's ``class_id`` is to :meth:`training_loss`); a model whose training uses the
+                episode's class (BAM's ensemble leaves it out of the base learner's map) reads it.
+
+        Returns:
+            [B, N, S, 2, h, w]: S = K per-shot maps, or 1 for a model that fuses its shots.
+        """
+        batch, way = support_masks.shape[:2]
+        query_feats, support_feats = self.masked_features(
+            query_img, support_imgs.flatten(0, 2), support_masks.flatten(0, 2)
+        )
+        query_feats = [f.repeat_interleave(way, dim=0) for f in query_feats] if way > 1 else query_feats
+        logits = self.fuse_shots(query_feats, support_feats, support_masks.flatten(0, 1))  # [B*N, S, 2, h, w]
+        return logits.unflatten(0, (batch, way))
+
     def set_train_classes(self, class_ids: list[int]) -> None:
         """Called by the task before fitting with the data's training classes (global ids); a model
         whose parts depend on them (BAM's base learner) records or checks them. Default: nothing."""

@@ -109,19 +109,28 @@ def way_index_masks(support_masks: Tensor) -> Tensor:
 
 
 def episode_way_logits(
-    net: FewShotSegmenter, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor
+    net: FewShotSegmenter,
+    query_img: Tensor,
+    support_imgs: Tensor,
+    support_masks: Tensor,
+    way_classes: Tensor | None = None,
 ) -> Tensor:
     """Learner logits of the query against every way of an FS-CS episode, at the learner's resolution.
 
-    One backbone call serves the query (once, whatever N and K) and all N x K supports; each way is
-    an FS-S episode of K shots for ``net.fuse_shots`` (a per-shot model: one map per shot; a model
-    that fuses its shots: one map).
+    Checks the shapes and runs the network's :meth:`~fss.models.base.FewShotSegmenter.way_logits`:
+    each way is an FS-S episode of K shots, the ways independent of each other. The default (every
+    model built on ``masked_features`` + ``fuse_shots``) makes one backbone call for the query (once,
+    whatever N and K) and all N x K supports; BAM and NTRENet run their own forward on the B x N
+    episodes, the query's backbone features also computed once.
 
     Args:
         net: any :class:`~fss.models.base.FewShotSegmenter`.
         query_img: [B, 3, H, W].
         support_imgs: [B, N, K, 3, H', W'].
         support_masks: [B, N, K, H', W'] (0/1, or way-index values, see :func:`way_index_masks`).
+        way_classes: [B, N] global class ids of the ways (the batch's ``support_classes``), in
+            training only: BAM leaves each way's class out of its base learner's map, as it leaves
+            the episode's class out in FS-S training.
 
     Returns:
         [B, N, S, 2, h, w] (S = K per-shot maps, or 1 for a model that fuses its shots).
@@ -135,14 +144,11 @@ def episode_way_logits(
             "FS-CS episodes need support_imgs [B,N,K,3,H,W] and support_masks [B,N,K,H,W], got "
             f"{tuple(support_imgs.shape)} and {tuple(support_masks.shape)} (data.fscs: true gives them)"
         )
-    batch, way, shots = support_masks.shape[:3]
-    masks = support_masks.float()
-    query_feats, support_feats = net.masked_features(
-        query_img, support_imgs.flatten(0, 2), masks.flatten(0, 2)
-    )
-    query_feats = [f.repeat_interleave(way, dim=0) for f in query_feats] if way > 1 else query_feats
-    logits = net.fuse_shots(query_feats, support_feats, masks.flatten(0, 1))  # [B*N, S, 2, h, w]
-    return logits.unflatten(0, (batch, way))
+    if way_classes is not None and way_classes.shape != support_masks.shape[:2]:
+        raise ValueError(
+            f"way_classes must be [B, N] = {tuple(support_masks.shape[:2])}, got {tuple(way_classes.shape)}"
+        )
+    return net.way_logits(query_img, support_imgs, support_masks.float(), way_classes)
 
 
 class FSCSPrediction(NamedTuple):

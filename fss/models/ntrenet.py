@@ -37,6 +37,11 @@ the mean CE of the bins' ``inner_cls`` / ``initial_inner_cls`` logits, ``bg`` th
 query and of each support (:func:`background_loss`, averaged over the K + 1 images) and ``contrast`` the
 prototypical contrastive loss (:class:`PrototypeContrast`) with its memory bank of distractor
 prototypes per class, which lives across training steps.
+
+FS-CS (``way_logits``, docs/fscs.md): each of the N ways is an NTRENet episode of its K shots, all B*N in
+one forward (the query's backbone features computed once). FS-CS training uses the iFSL loss only: the
+auxiliary terms above are left out (so the background-mining head, trained by its own loss only, stays
+as initialised or as loaded).
 """
 
 from __future__ import annotations
@@ -358,7 +363,8 @@ class NTRENet(PrototypeFeatures, FewShotSegmenter):
         """Everything at the feature grid (stride 8).
 
         Args:
-            query_img: [B, 3, H, W]; support_imgs: [B, K, 3, H, W]; support_masks: [B, K, H, W].
+            query_img: [B, 3, H, W]; support_imgs: [B, K, 3, H, W]; support_masks: [B, K, H, W]
+                (or [B, N, K, ...] for N ways: B*N episodes, see ``_episode_features``).
             supports_too: also the supports' reduced maps and background logits (training).
 
         Returns:
@@ -395,6 +401,20 @@ class NTRENet(PrototypeFeatures, FewShotSegmenter):
             outputs["support_red"] = support_red.unflatten(0, (batch, shots))
             outputs["support_bg"] = learner.background(support_red).unflatten(0, (batch, shots))
         return outputs
+
+    def way_logits(
+        self,
+        query_img: Tensor,
+        support_imgs: Tensor,
+        support_masks: Tensor,
+        way_classes: Tensor | None = None,
+    ) -> Tensor:
+        """FS-CS: the final logits [B, N, 1, 2, h, w] of each way at the feature grid: each way is an
+        NTRENet episode of its K shots (one :meth:`forward_outputs` on the B*N episodes, the query's
+        backbone features computed once). ``way_classes`` is not needed (the forward is
+        class-agnostic; only the contrastive memory bank of ``training_loss`` is keyed by class)."""
+        out = self.forward_outputs(query_img, support_imgs, support_masks)["out"]
+        return self._fscs_logits(out, support_masks)
 
     def forward_shots(self, query_img: Tensor, support_imgs: Tensor, support_masks: Tensor) -> Tensor:
         """Logits [B, 1, 2, H, W] (all K shots fused), upsampled to the query size."""

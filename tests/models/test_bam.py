@@ -537,6 +537,37 @@ def test_every_masking_on_vgg(masking):
     assert all(torch.isfinite(v) for v in terms.values())
 
 
+def test_fscs_ways_are_bam_episodes_with_their_own_class_left_out():
+    """FS-CS (``way_logits``): way n's logits are those of BAM on the FS-S episode of way n's shots, at
+    ``layer3``'s grid; a 1-way episode, upsampled, is exactly ``forward_shots``; with the ways' classes
+    (training) each way leaves its own class out of the base map, as ``class_id`` does in FS-S."""
+    net = small_bam("hm", shots=2).eval()
+    with torch.no_grad():  # the ensemble starts ignoring the base map (weights [1, 0]): let it count
+        net.learner.cls_merge.weight.copy_(torch.tensor([1.0, -0.5]).view(1, 2, 1, 1))
+    query, supports, masks = episode(4, batch=2, size=49)
+    supports, masks = supports.view(2, 2, 2, 3, 49, 49), masks.view(2, 2, 2, 49, 49)
+    classes = torch.tensor([[5, 12], [19, 6]])
+    with torch.no_grad():
+        one_way = net.way_logits(query, supports[:, :1], masks[:, :1])
+        assert one_way.shape == (2, 1, 1, 2, 7, 7)
+        fs_s = net.forward_shots(query, supports[:, 0], masks[:, 0])  # [B, 1, 2, 49, 49]
+        torch.testing.assert_close(
+            F.interpolate(one_way[:, 0, 0], (49, 49), mode="bilinear", align_corners=True),
+            fs_s[:, 0],
+            rtol=0,
+            atol=1e-6,
+        )
+        every_class = net.way_logits(query, supports, masks)
+        left_out = net.way_logits(query, supports, masks, classes)
+        for n in range(2):
+            expected = net.forward_outputs(query, supports[:, n], masks[:, n])["final"]
+            torch.testing.assert_close(every_class[:, n, 0], expected, rtol=1e-5, atol=1e-6)
+            expected = net.forward_outputs(query, supports[:, n], masks[:, n], classes[:, n])["final"]
+            torch.testing.assert_close(left_out[:, n, 0], expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(left_out[:, :, :, 0], every_class[:, :, :, 0])  # the class moves the background
+    torch.testing.assert_close(left_out[:, :, :, 1], every_class[:, :, :, 1])  # not the foreground
+
+
 def test_runs_on_another_backbone():
     """On a torchvision ResNet the levels are resized to the middle one's grid."""
     torch.manual_seed(0)

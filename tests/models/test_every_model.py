@@ -101,30 +101,24 @@ def test_levels_come_from_the_backbone_description(name: str) -> None:
 def test_fscs_episode_through_the_ifsl_head(name: str) -> None:
     """Every model runs 2-way 2-shot FS-CS episodes: presence, (N+1)-class masks, L_S gradients.
 
-    The head only reads the network's masked features and logits, so one masking (HM, which needs
-    both backbone passes) stands for all here; the parity tests (``test_fscs.py``) cover FM, none and
-    HM against the reference, and the test above every strategy in every model.
+    The head only reads the network's way logits (``FewShotSegmenter.way_logits``), so one masking
+    (HM, which needs both backbone passes) stands for all here; the parity tests (``test_fscs.py``)
+    cover FM, none and HM against the reference, and the test above every strategy in every model.
 
-    The ways do not interact: each way's logits equal those of the way run alone (one backbone call
-    serves all ways, the query's features repeated per way).
+    The ways do not interact: in eval mode (no dropout draws) each way's logits equal those of the
+    way run alone (one backbone call serves all ways, the query's features repeated per way).
     """
     from fss.models.ifsl import episode_way_logits, predict_episode, segmentation_loss
 
-    if name in ("bam", "ntrenet"):
-        pytest.skip(
-            f"{name} overrides forward_shots (computed from the images, not the masked features): no FS-CS head yet"
-        )
     net = build(name, "hm", "resnet").train()
     shots = 1 if name == "vat" else 2  # VAT's cost: one shot per way
     query, supports, masks = episode(shots=2 * shots)
     supports = supports.view(1, 2, shots, 3, SIZE, SIZE)
     masks = masks.view(1, 2, shots, SIZE, SIZE)
     masks[:, 1, :, : SIZE // 2] = 0  # the two ways differ
-    logits = episode_way_logits(net, query, supports, masks)  # [1, 2, S, 2, h, w]
+    classes = torch.tensor([[3, 7]])  # training: the ways' classes (BAM leaves each out of its base map)
+    logits = episode_way_logits(net, query, supports, masks, classes)  # [1, 2, S, 2, h, w]
     assert logits.shape[:3] == (1, 2, 1 if net.fuses_shots else shots)
-    with torch.no_grad():
-        alone = episode_way_logits(net, query, supports[:, 1:], masks[:, 1:])
-    torch.testing.assert_close(logits.detach()[:, 1:], alone, rtol=1e-4, atol=1e-5)
 
     prediction = predict_episode(logits, (SIZE, SIZE))
     assert prediction.presence.shape == (1, 2) and prediction.presence.dtype == torch.bool
@@ -134,3 +128,10 @@ def test_fscs_episode_through_the_ifsl_head(name: str) -> None:
     segmentation_loss(prediction.merged, target).backward()
     grads = [p.grad for p in net.learner.parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+    net.eval()
+    with torch.no_grad():
+        both = episode_way_logits(net, query, supports, masks)
+        alone = episode_way_logits(net, query, supports[:, 1:], masks[:, 1:])
+    assert both.shape == logits.shape
+    torch.testing.assert_close(both[:, 1:], alone, rtol=1e-4, atol=1e-5)

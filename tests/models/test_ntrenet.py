@@ -469,6 +469,46 @@ def test_seeded_training_steps_repeat():
     assert run() == run()
 
 
+def test_fscs_ways_are_ntrenet_episodes():
+    """FS-CS (``way_logits``): way n's logits are those of NTRENet on the FS-S episode of way n's shots,
+    at the feature grid; a 1-way episode, upsampled, is exactly ``forward_shots``."""
+    net = small_ntrenet("hm").eval()
+    query, supports, masks = episode(4, batch=2, size=33)
+    supports, masks = supports.view(2, 2, 2, 3, 33, 33), masks.view(2, 2, 2, 33, 33)
+    with torch.no_grad():
+        one_way = net.way_logits(query, supports[:, :1], masks[:, :1])
+        assert one_way.shape == (2, 1, 1, 2, 5, 5)
+        fs_s = net.forward_shots(query, supports[:, 0], masks[:, 0])  # [B, 1, 2, 33, 33]
+        torch.testing.assert_close(
+            F.interpolate(one_way[:, 0, 0], (33, 33), mode="bilinear", align_corners=True),
+            fs_s[:, 0],
+            rtol=0,
+            atol=1e-6,
+        )
+        logits = net.way_logits(query, supports, masks, torch.tensor([[5, 12], [19, 6]]))
+        for n in range(2):
+            expected = net.forward_outputs(query, supports[:, n], masks[:, n])["out"]
+            torch.testing.assert_close(logits[:, n, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fscs_training_leaves_the_auxiliary_parts_without_gradient():
+    """FS-CS training minimises the iFSL loss alone (docs/fscs.md): the parts only NTRENet's auxiliary
+    terms train (background mining's head, the bins' inner and initial classifiers) get no gradient,
+    which is why DDP needs ``ddp_find_unused_parameters_true`` there; everything else does."""
+    from fss.models.ifsl import episode_way_logits, predict_episode, segmentation_loss
+
+    net = small_ntrenet("hm").train()
+    query, supports, masks = episode(2, batch=2, size=33)
+    supports, masks = supports.view(2, 2, 1, 3, 33, 33), masks.view(2, 2, 1, 33, 33)
+    target = masks[:, 0, 0].long() + 2 * masks[:, 1, 0].long().clamp(max=1 - masks[:, 0, 0].long())
+    logits = episode_way_logits(net, query, supports, masks, torch.tensor([[5, 12], [19, 6]]))
+    segmentation_loss(predict_episode(logits, (33, 33)).merged, target).backward()
+    without = {
+        n.split(".")[0] for n, p in net.learner.named_parameters() if p.grad is None or not p.grad.any()
+    }
+    assert without == {"down_bg", "bg_res1", "bg_cls", "inner_cls", "initial_inner_cls"}
+
+
 def test_runs_on_another_backbone():
     """On a torchvision ResNet the levels are resized to the middle one's grid."""
     torch.manual_seed(0)
