@@ -612,18 +612,36 @@ class ImageEpisodeDataset(EpisodicDataset):
             target[classes == 255] = 255
         return image, target, classes
 
-    def make_episode(self, rng: np.random.Generator, index: int) -> Episode:
-        query, supports, class_id = self.identity(rng, index)
-        q_img, q_tgt, q_classes = self.load_query_with_classes(query, class_id, rng)
-        pairs = [self.load_pair(item, class_id, False, rng) for item in supports]
-        org_target = q_tgt
-        if self.protocol == "pfenet" and self.split != "train":  # aspect kept, padded (PFENet's eval)
-            q_img, q_tgt = letterbox(q_img, q_tgt, self.img_size)
-            pairs = [letterbox(img, tgt, self.img_size) for img, tgt in pairs]
-            org_target = pad_to_square(org_target)
-        episode = build_episode(
-            q_img,
-            q_tgt,
+    def evaluation_view(
+        self, image: np.ndarray, label: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """PFENet's evaluation inputs (``protocol: pfenet``, not training): the query ``image`` [H, W, 3]
+        and ``label`` [H, W] and the support ``pairs`` letterboxed to ``img_size`` (aspect kept, padded),
+        and the original label padded to a square for scoring; otherwise all as they are.
+
+        Returns:
+            ``(image, label, pairs, original label)``.
+        """
+        if self.protocol != "pfenet" or self.split == "train":
+            return image, label, pairs, label
+        boxed_image, boxed_label = letterbox(image, label, self.img_size)
+        boxed_pairs = [letterbox(img, tgt, self.img_size) for img, tgt in pairs]
+        return boxed_image, boxed_label, boxed_pairs, pad_to_square(label)
+
+    def assemble_episode(
+        self,
+        image: np.ndarray,
+        target: np.ndarray,
+        pairs: list[tuple[np.ndarray, np.ndarray]],
+        class_id: int,
+        query: Any,
+        supports: list[Any],
+    ) -> Episode:
+        """:func:`build_episode` of a query, its 0/1/255 ``target`` and the support ``(image, mask)``
+        ``pairs``, with this dataset's size, resize method, item names and original-size setting."""
+        return build_episode(
+            image,
+            target,
             [img for img, _ in pairs],
             [tgt for _, tgt in pairs],
             class_id=class_id,
@@ -633,6 +651,13 @@ class ImageEpisodeDataset(EpisodicDataset):
             keep_original_mask=self.use_original_imgsize,
             resize=self.resize,
         )
+
+    def make_episode(self, rng: np.random.Generator, index: int) -> Episode:
+        query, supports, class_id = self.identity(rng, index)
+        q_img, q_tgt, q_classes = self.load_query_with_classes(query, class_id, rng)
+        pairs = [self.load_pair(item, class_id, False, rng) for item in supports]
+        q_img, q_tgt, pairs, org_target = self.evaluation_view(q_img, q_tgt, pairs)
+        episode = self.assemble_episode(q_img, q_tgt, pairs, class_id, query, supports)
         if q_classes is not None:
             episode["query_classes"] = query_mask_tensor(q_classes, self.img_size)
         if self.use_original_imgsize and org_target is not q_tgt:

@@ -39,9 +39,6 @@ import numpy as np
 from fss.data.episode import IGNORE_INDEX, Episode
 from fss.data.transforms import (
     ResizeMethod,
-    build_episode,
-    letterbox,
-    pad_to_square,
     query_mask_tensor,
     to_label_tensor,
 )
@@ -136,25 +133,10 @@ def make_image_gfss_episode(dataset: Any, rng: np.random.Generator, index: int) 
     ignore = dataset.ignores_boundary()
     label = gfss_label(class_map, base_ids, novel, ignore)
     pairs = [(dataset.load_image(item), dataset.load_target(item, novel, False)) for item in supports]
-    org_label = label
-    if dataset.protocol == "pfenet":  # aspect kept, padded; scored on the padded original label
-        image, label = letterbox(image, label, dataset.img_size)
-        pairs = [letterbox(img, tgt, dataset.img_size) for img, tgt in pairs]
-        org_label = pad_to_square(org_label)
+    # protocol pfenet: aspect kept, padded; scored on the padded original label (GFSS is never training)
+    image, label, pairs, org_label = dataset.evaluation_view(image, label, pairs)
     novel_label = len(base_ids) + 1
-    target = novel_target(label, novel_label)
-    episode = build_episode(
-        image,
-        target,
-        [img for img, _ in pairs],
-        [tgt for _, tgt in pairs],
-        class_id=novel,
-        img_size=dataset.img_size,
-        query_name=dataset.item_name(query),
-        support_names=[dataset.item_name(item) for item in supports],
-        keep_original_mask=dataset.use_original_imgsize,
-        resize=dataset.resize,
-    )
+    episode = dataset.assemble_episode(image, novel_target(label, novel_label), pairs, novel, query, supports)
     if dataset.use_original_imgsize:
         episode["org_query_mask"] = to_label_tensor(novel_target(org_label, novel_label))
     return add_gfss_targets(
